@@ -1,0 +1,26 @@
+# Two commands do all the set-up: `make test` and `make demo`. Both create .venv if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision must be one build. A local CPU-only torch wheel (2.13.0+cpu) that some machines offer
+	# through pip's find-links cannot pair with the registry's torchvision, so it is excluded here.
+	$(PY) -m pip install -q --disable-pip-version-check "torch>=2.3,<2.14,!=2.13.0+cpu" "torchvision>=0.18,<0.29"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,1 @@
+"""ASUKA: aligned stable inpainting with unknown-areas prior."""

@@ -1,0 +1,114 @@
+"""Image and mask files in, tensors out: every odd PNG/JPEG mode becomes plain RGB, and every read error a DataError."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from asuka.utils.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so mask-only tools start fast
+    import torch
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode a file, so that a truncated or corrupt file fails here with its name."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: cannot read image ({reason})") from None
+    return img
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """16-bit and float grayscale to 8-bit 'L' by scaling the full range (PIL's convert would clip instead)."""
+    arr = np.asarray(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255)
+    else:  # 'F': [0, 1] floats, or already 0..255
+        arr = arr.astype(np.float64)
+        if arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.rint(np.nan_to_num(arr)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparent pixels are composited on black."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        return _to_8bit_gray(img).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read any supported image as RGB, so the rest of the pipeline never sees modes, alpha or 16-bit data."""
+    img = _open(path)
+    try:
+        return _to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot convert image mode {img.mode} to RGB ({exc})") from None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first)."""
+    img = _open(path)
+    if img.mode == "1":
+        return np.array(img, dtype=bool)
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        gray = _to_8bit_gray(img)
+    else:
+        gray = img.convert("L")
+    return np.asarray(gray) >= 128
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image to a float [3, H, W] tensor in [-1, 1] (the package's image convention)."""
+    import torch
+
+    arr = np.asarray(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_pil(t: torch.Tensor) -> Image.Image:
+    """Inverse of pil_to_tensor; accepts [3, H, W] or [1, 3, H, W] in [-1, 1] (values outside are clipped)."""
+    import torch
+
+    t = t.detach()
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"tensor_to_pil expects [3, H, W] or [1, 3, H, W], got {tuple(t.shape)}")
+    arr = ((t.float().cpu().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def list_images(root: str | os.PathLike, exclude: list[str | os.PathLike] | None = None) -> list[Path]:
+    """All image files under root (recursive, sorted, hidden folders skipped); ``exclude`` drops sub-trees such as a
+    mask folder that lives inside the image folder."""
+    root = Path(root)
+    skip = {Path(p).resolve() for p in (exclude or [])}
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip]
+        found.extend(here / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())

@@ -1,0 +1,253 @@
+"""The frozen SD-1.5 inpainting generator (UNet, VAE, noise schedule) and the 9-channel input it expects.
+
+ASUKA never trains or loads the CLIP text encoder: the aligned MAE prior replaces the text tokens. The helpers
+``encode_latents``, ``encode_masked_image`` and ``unet_input`` are the single implementation of how the UNet input is
+built; the stage-2 training loop and :class:`asuka.pipelines.AsukaInpaintPipeline` both call them, so training and
+inference cannot drift apart (and both match diffusers' ``StableDiffusionInpaintPipeline``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+from asuka.utils.errors import AsukaError, ConfigError
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+# SD-1.5's training noise schedule (the scheduler_config.json of every SD-1.x checkpoint).
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+}
+
+SD_SUBFOLDERS = ("unet", "vae", "scheduler")
+
+
+@dataclass
+class SDComponents:
+    """The frozen parts of SD-1.5 inpainting that ASUKA uses (no text encoder, no tokenizer)."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDPMScheduler
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Read ``key`` from a DictConfig, a dict or an attribute object."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        try:
+            return cfg.get(key, default)
+        except TypeError:
+            pass
+    return getattr(cfg, key, default)
+
+
+def resolve_dtype(value: str | torch.dtype | None, key: str = "model.sd.dtype") -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) -> torch dtype; anything else is a ConfigError."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        return value
+    if str(value) not in _DTYPES:
+        raise ConfigError(key, f"unknown dtype '{value}', expected one of float32, bfloat16, float16")
+    return _DTYPES[str(value)]
+
+
+def vae_scale_factor(vae: torch.nn.Module) -> int:
+    """Pixels per latent cell (8 for SD), computed as diffusers does from the VAE's block count."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def _looks_local(path: str) -> bool:
+    """A hub id is ``owner/name``; anything else that is path-shaped is meant as a local folder."""
+    p = str(path)
+    return p.startswith(("/", "./", "../", "~", ".")) or p.count("/") > 1 or "\\" in p or Path(p).exists()
+
+
+def _check_local_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise AsukaError(
+            f"{path}: SD-1.5 inpainting folder not found (expected a diffusers folder with unet/, vae/, scheduler/; "
+            "set paths.sd_inpaint)"
+        )
+    expected = {"unet": "config.json", "vae": "config.json", "scheduler": "scheduler_config.json"}
+    missing = [f"{sub}/{name}" for sub, name in expected.items() if not (path / sub / name).is_file()]
+    if missing:
+        raise AsukaError(
+            f"{path}: not a diffusers SD-1.5 inpainting folder, missing {', '.join(missing)} "
+            "(expected unet/, vae/, scheduler/)"
+        )
+
+
+def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if _looks_local(path) else " (no network? give a local folder with unet/, vae/, scheduler/ as paths.sd_inpaint)"
+        raise AsukaError(f"{path}: cannot load {subfolder}/ as {cls.__name__}: {first}{hint}") from None
+
+
+def build_tiny_sd(seed: int = 0) -> SDComponents:
+    """Small random SD-inpainting components (9-channel UNet, 8x VAE, SD noise schedule) for tests and the demo.
+
+    Each part is built right after ``manual_seed(seed)`` inside a forked RNG, so the result does not depend on what
+    ran before and the caller's global RNG is left alone.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=9,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 8, 16, 16),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+        )
+        torch.manual_seed(seed)
+        scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    return SDComponents(unet=unet, vae=vae, scheduler=scheduler)
+
+
+def load_sd_inpaint(
+    sd_cfg: Any, path: str | os.PathLike | None, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> SDComponents:
+    """Load the frozen SD-1.5 inpainting UNet, VAE and training noise schedule (``DDPMScheduler``).
+
+    ``sd_cfg`` is the ``model.sd`` config block: ``source: pretrained`` reads ``path`` (a hub id or a local diffusers
+    folder with ``unet/``, ``vae/``, ``scheduler/``); ``source: tiny`` builds random components with ``seed``.
+    ``dtype`` (default ``sd_cfg.dtype``) applies to the UNet and VAE; both come back frozen and in eval mode.
+    """
+    source = cfg_get(sd_cfg, "source", "pretrained")
+    dtype = resolve_dtype(dtype if dtype is not None else cfg_get(sd_cfg, "dtype", "float32"))
+    if source == "tiny":
+        sd = build_tiny_sd(int(cfg_get(sd_cfg, "seed", 0)))
+        for module in (sd.unet, sd.vae):
+            module.to(device=device) if dtype == torch.float32 else module.to(device=device, dtype=dtype)
+    elif source == "pretrained":
+        if path is None or str(path) in ("", "None", "null"):
+            raise ConfigError("paths.sd_inpaint", "no SD-1.5 inpainting weights given (a hub id or a local folder)")
+        path = os.path.expanduser(str(path))
+        if _looks_local(path):
+            _check_local_folder(Path(path))
+        unet = _from_pretrained(UNet2DConditionModel, path, "unet", torch_dtype=dtype)
+        vae = _from_pretrained(AutoencoderKL, path, "vae", torch_dtype=dtype)
+        scheduler = _from_pretrained(DDPMScheduler, path, "scheduler")
+        if unet.config.in_channels != 9:
+            raise AsukaError(f"{path}: unet/ has {unet.config.in_channels} input channels; an inpainting UNet has 9")
+        sd = SDComponents(unet=unet.to(device), vae=vae.to(device), scheduler=scheduler)
+    else:
+        raise ConfigError("model.sd.source", f"unknown source '{source}', expected pretrained or tiny")
+    _freeze(sd.unet)
+    _freeze(sd.vae)
+    return sd
+
+
+def build_inference_scheduler(scheduler_config: Mapping[str, Any]) -> DDIMScheduler:
+    """DDIM on the UNet's own training schedule: the default sampler (spec 7: DDIM, 50 steps, eta 0).
+
+    ``set_alpha_to_one``/``steps_offset`` default to SD's values when the stored config lacks them (DDIM's own
+    defaults differ from SD's).
+    """
+    config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+    config.setdefault("set_alpha_to_one", False)
+    config.setdefault("steps_offset", 1)
+    config.setdefault("clip_sample", False)
+    return DDIMScheduler.from_config(config)
+
+
+def _sample_latents(
+    vae: AutoencoderKL,
+    pixels: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+    sample_mode: str,
+) -> torch.Tensor:
+    """Encode ``pixels`` and take a sample (or the mode) of the posterior, one generator per sample if a list."""
+
+    def one(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        dist = vae.encode(x).latent_dist
+        return dist.sample(generator=gen) if sample_mode == "sample" else dist.mode()
+
+    if isinstance(generator, list):
+        if len(generator) != pixels.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {pixels.shape[0]}")
+        return torch.cat([one(pixels[i : i + 1], generator[i]) for i in range(pixels.shape[0])], dim=0)
+    return one(pixels, generator)
+
+
+def encode_latents(
+    vae: AutoencoderKL,
+    image: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    sample_mode: str = "sample",
+) -> torch.Tensor:
+    """``image [B,3,H,W] in [-1,1]`` -> scaled latents ``E(x) * scaling_factor`` (the diffusion target space)."""
+    if sample_mode not in ("sample", "mode"):
+        raise ValueError(f"sample_mode must be 'sample' or 'mode', got {sample_mode!r}")
+    latents = _sample_latents(vae, image.to(device=vae.device, dtype=vae.dtype), generator, sample_mode)
+    return latents * vae.config.scaling_factor
+
+
+def encode_masked_image(
+    vae: AutoencoderKL,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    sample_mode: str = "sample",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two conditioning inputs of the inpainting UNet, built as diffusers' inpainting pipeline builds them.
+
+    ``image [B,3,H,W]`` in [-1,1], ``mask [B,1,H,W]`` with 1 = hole. Returns ``(mask_latent [B,1,H/8,W/8],
+    masked_image_latents [B,4,H/8,W/8])``: the masked image is ``image * (mask < 0.5)`` (holes set to 0, i.e. grey),
+    encoded and scaled by ``scaling_factor``; the mask is resized to the latent grid with nearest interpolation.
+    ``generator`` draws the posterior sample, so its state advances exactly as in diffusers.
+    """
+    if image.ndim != 4 or mask.ndim != 4 or mask.shape[1] != 1 or image.shape[-2:] != mask.shape[-2:]:
+        raise ValueError(f"expected image [B,3,H,W] and mask [B,1,H,W], got {tuple(image.shape)} and {tuple(mask.shape)}")
+    factor = vae_scale_factor(vae)
+    height, width = image.shape[-2:]
+    mask_latent = F.interpolate(mask.float(), size=(height // factor, width // factor))
+    masked_image = image * (mask < 0.5)
+    masked_image_latents = encode_latents(vae, masked_image, generator=generator, sample_mode=sample_mode)
+    return mask_latent.to(device=masked_image_latents.device, dtype=masked_image_latents.dtype), masked_image_latents
+
+
+def unet_input(noisy_latents: torch.Tensor, mask_latent: torch.Tensor, masked_image_latents: torch.Tensor) -> torch.Tensor:
+    """The 9-channel UNet input: ``[noisy latents (4), mask (1), masked-image latents (4)]`` along channels."""
+    return torch.cat([noisy_latents, mask_latent.to(noisy_latents.dtype), masked_image_latents.to(noisy_latents.dtype)], dim=1)

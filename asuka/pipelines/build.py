@@ -1,0 +1,212 @@
+"""Assemble an :class:`AsukaInpaintPipeline` from the trained stages (or tiny random parts), save and load it.
+
+``build_pipeline(cfg)`` reads the SD folder, the stage-1 MAE, the stage-2 alignment module and the optional stage-3
+decoder from config; ``scripts/export_pipeline.py`` writes the result with ``save_pretrained``; ``load_pipeline``
+reads such a folder back (``model_index.json`` names the ``asuka`` classes, so it round-trips).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asuka.models.alignment import AlignmentModule
+from asuka.models.sd import build_inference_scheduler, cfg_get, load_sd_inpaint, resolve_dtype
+from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
+from asuka.utils.errors import AsukaError, ConfigError
+
+log = logging.getLogger(__name__)
+
+TINY_SEED = 0  # our choice: the seed of every tiny random component (demo, tests)
+
+
+def _given(value: Any) -> bool:
+    return value is not None and str(value) not in ("", "None", "null")
+
+
+def _source(cfg: DictConfig, key: str, paths_key: str) -> Any:
+    """A top-level override (``mae=...``) when the config has one, else ``paths.<paths_key>``."""
+    if key in cfg and _given(cfg.get(key)):
+        return cfg.get(key)
+    return cfg_get(cfg.get("paths"), paths_key)
+
+
+def _block(cfg: DictConfig, name: str) -> dict:
+    block = cfg.model.get(name)
+    return dict(OmegaConf.to_container(block, resolve=True)) if isinstance(block, DictConfig) else dict(block or {})
+
+
+def is_tiny(cfg: DictConfig) -> bool:
+    """``model=tiny`` (or ``experiment=demo``): missing parts are small random ones."""
+    return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
+
+
+def default_device(cfg: DictConfig | None = None) -> torch.device:
+    """CUDA when present, unless ``trainer.cpu`` forces the CPU."""
+    force_cpu = bool(cfg_get(cfg_get(cfg, "trainer"), "cpu", False)) if cfg is not None else False
+    return torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
+
+
+def _tiny_mae(cfg: DictConfig):
+    from asuka.models.mae_import import build_mae
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        return build_mae(_block(cfg, "mae")).eval()
+
+
+def _load_mae(cfg: DictConfig, path: Any):
+    from asuka.models.mae_import import load_mae
+
+    return load_mae(os.path.expanduser(str(path)), _block(cfg, "mae")).eval()
+
+
+def _load_alignment(path: Any) -> AlignmentModule:
+    folder = Path(os.path.expanduser(str(path)))
+    if not (folder / "config.json").is_file():
+        raise AsukaError(f"{folder}: not an alignment-module folder (expected config.json + safetensors from stage 2)")
+    try:
+        return AlignmentModule.from_pretrained(str(folder)).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise AsukaError(f"{folder}: cannot load the alignment module ({str(exc).splitlines()[0]})") from None
+
+
+def _tiny_alignment(cfg: DictConfig) -> AlignmentModule:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        try:
+            return AlignmentModule(**_block(cfg, "alignment")).eval()
+        except TypeError as exc:
+            raise ConfigError("model.alignment", str(exc)) from None
+
+
+def _load_decoder(path: Any):
+    from asuka.models.decoder import AsukaDecoder
+
+    folder = Path(os.path.expanduser(str(path)))
+    if not (folder / "config.json").is_file():
+        raise AsukaError(f"{folder}: not a decoder folder (expected config.json + safetensors from stage 3)")
+    try:
+        return AsukaDecoder.from_pretrained(str(folder)).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise AsukaError(f"{folder}: cannot load the decoder ({str(exc).splitlines()[0]})") from None
+
+
+def check_compatible(pipe: AsukaInpaintPipeline) -> None:
+    """The parts must fit together: MAE width -> alignment -> UNet cross-attention; decoder latents = VAE latents."""
+    mae_dim = int(pipe.mae.config.decoder_embed_dim)
+    if int(pipe.alignment.config.in_dim) != mae_dim:
+        raise ConfigError(
+            "model.alignment.in_dim", f"is {pipe.alignment.config.in_dim} but the MAE's prior has width {mae_dim}"
+        )
+    cross = int(pipe.unet.config.cross_attention_dim)
+    if int(pipe.alignment.config.out_dim) != cross:
+        raise ConfigError(
+            "model.alignment.out_dim", f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}"
+        )
+    if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
+        raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
+
+
+def _freeze(pipe: AsukaInpaintPipeline) -> AsukaInpaintPipeline:
+    for name in ("vae", "unet", "mae", "alignment", "decoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+    return pipe
+
+
+def build_pipeline(
+    cfg: DictConfig,
+    device: str | torch.device = "cpu",
+    random_decoder: bool = False,
+    use_pipeline_folder: bool = True,
+) -> AsukaInpaintPipeline:
+    """Pipeline from config.
+
+    An exported folder (``pipeline``/``paths.pipeline``) is loaded as is when ``use_pipeline_folder``. Otherwise:
+    SD from ``sd``/``paths.sd_inpaint``, MAE from ``mae``/``paths.mae``, alignment from
+    ``alignment``/``paths.alignment``, decoder from ``decoder``/``paths.decoder`` (None: the VAE decodes). With
+    ``model=tiny`` a missing MAE or alignment module is a small random one (fixed seed), and with
+    ``random_decoder`` a missing decoder too (a tiny one built on the tiny VAE). Otherwise a missing MAE or
+    alignment path is a ConfigError naming the key.
+    """
+    folder = _source(cfg, "pipeline", "pipeline")
+    if use_pipeline_folder and _given(folder):
+        return load_pipeline(folder, device=device)
+    tiny = is_tiny(cfg)
+    mae_path, align_path = _source(cfg, "mae", "mae"), _source(cfg, "alignment", "alignment")
+    if not (_given(mae_path) or tiny):
+        raise ConfigError("paths.mae", "the pipeline needs the stage-1 MAE (a final/mae folder or a converted file)")
+    if not (_given(align_path) or tiny):
+        raise ConfigError("paths.alignment", "the pipeline needs the stage-2 alignment module (a final/alignment folder)")
+    mae = _load_mae(cfg, mae_path) if _given(mae_path) else _tiny_mae(cfg)
+    alignment = _load_alignment(align_path) if _given(align_path) else _tiny_alignment(cfg)
+    sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device="cpu")
+
+    decoder_path = _source(cfg, "decoder", "decoder")
+    if _given(decoder_path):
+        decoder = _load_decoder(decoder_path)
+    elif random_decoder and tiny:
+        from asuka.models.decoder import build_decoder
+
+        decoder_cfg = OmegaConf.create({**_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
+        decoder = build_decoder(decoder_cfg, sd.vae).eval()
+    else:
+        decoder = None
+
+    pipe = AsukaInpaintPipeline(
+        vae=sd.vae,
+        unet=sd.unet,
+        scheduler=build_inference_scheduler(sd.scheduler.config),
+        mae=mae,
+        alignment=alignment,
+        decoder=decoder,
+    )
+    check_compatible(pipe)
+    return _freeze(pipe).to(device)
+
+
+def load_pipeline(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> AsukaInpaintPipeline:
+    """Read a folder written by ``save_pretrained`` (``scripts/export_pipeline.py``); frozen, eval mode.
+
+    ``dtype`` (e.g. ``"float16"`` on a GPU) applies to the UNet and VAE; the MAE and alignment stay float32.
+    """
+    folder = Path(os.path.expanduser(str(path)))
+    if not (folder / "model_index.json").is_file():
+        raise AsukaError(f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)")
+    try:
+        pipe = AsukaInpaintPipeline.from_pretrained(str(folder))
+    except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
+        raise AsukaError(f"{folder}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
+    check_compatible(pipe)
+    if dtype is not None:
+        dt = resolve_dtype(dtype, "dtype")
+        pipe.unet.to(dtype=dt)
+        pipe.vae.to(dtype=dt)
+    return _freeze(pipe).to(device)
+
+
+def export_pipeline(cfg: DictConfig) -> Path:
+    """``scripts/export_pipeline.py``: build the pipeline from config and ``save_pretrained(cfg.out)``.
+
+    With ``model=tiny`` every part not given is a tiny random one (the decoder included).
+    """
+    if not _given(cfg.get("out")):
+        raise ConfigError("out", "give the folder to write the pipeline to (out=DIR)")
+    out = Path(os.path.expanduser(str(cfg.out)))
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} exists and is not a folder")
+    pipe = build_pipeline(cfg, device="cpu", random_decoder=is_tiny(cfg), use_pipeline_folder=False)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out))
+    parts = ", ".join(f"{n}={type(getattr(pipe, n)).__name__}" for n in ("mae", "alignment", "decoder"))
+    print(f"wrote {out} ({parts})")
+    return out

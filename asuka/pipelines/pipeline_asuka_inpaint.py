@@ -1,0 +1,393 @@
+"""ASUKA inpainting on frozen SD-1.5 inpainting: the aligned MAE prior replaces the CLIP text tokens.
+
+With ``decoder=None`` and ``guidance_scale=1`` the sampling is exactly diffusers' ``StableDiffusionInpaintPipeline``
+fed ``prompt_embeds = encode_prior(image, mask_image)``: same pre-processing, same random draws in the same order
+(initial noise, then the VAE posterior sample of the masked image), same UNet input. A test holds us to that.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils.torch_utils import randn_tensor
+
+# The component classes are imported here so that ``from_pretrained`` finds them: diffusers only resolves the
+# library named in model_index.json (``asuka.models.mae`` ...) when that module is already imported.
+from asuka.models.alignment import AlignmentModule, encode_condition, null_condition
+from asuka.models.decoder import AsukaDecoder
+from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.sd import encode_masked_image, unet_input, vae_scale_factor
+from asuka.utils.errors import AsukaError
+
+# diffusers finds a component's loader by looking its base class up *by name in the component's own module*
+# (``getattr(asuka.models.decoder, "ModelMixin")``); a module that only imports a ModelMixin subclass (the decoder
+# imports AsymmetricAutoencoderKL) cannot be reloaded. Make the name visible there; a no-op where it already is.
+for _cls in (MaskedAutoencoderViT, AlignmentModule, AsukaDecoder):
+    _module = sys.modules[_cls.__module__]
+    if not hasattr(_module, "ModelMixin"):
+        _module.ModelMixin = ModelMixin
+ImageInput = PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def pil_to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL mode -> RGB, as :func:`asuka.data.images.load_image` does for files.
+
+    16-bit and 32-bit integer images are scaled to 8 bit instead of being clipped; transparent pixels are
+    composited on black (a plain ``convert("RGB")`` would keep whatever colour hides under alpha 0).
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return pil_to_l(img).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        return PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), img).convert("RGB")
+    return img.convert("RGB")
+
+
+def pil_to_l(img: PIL.Image.Image) -> PIL.Image.Image:
+    """Any PIL mode -> 8-bit grayscale; 16-bit values are divided by 257, not clipped at 255."""
+    if img.mode == "L":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        return PIL.Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("L")
+
+
+def _images_for_processor(image: ImageInput) -> list[PIL.Image.Image] | torch.Tensor:
+    """PIL -> RGB PIL list; numpy / tensor -> ``[B,3,H,W]`` float (VaeImageProcessor takes [0, 1], and values
+    below 0 as already in [-1, 1])."""
+    if isinstance(image, (list, tuple)) and image and isinstance(image[0], PIL.Image.Image):
+        return [pil_to_rgb(i) for i in image]
+    if isinstance(image, PIL.Image.Image):
+        return [pil_to_rgb(image)]
+    if isinstance(image, (list, tuple)):
+        image = torch.stack([torch.as_tensor(np.asarray(i)) if not isinstance(i, torch.Tensor) else i for i in image])
+    if isinstance(image, np.ndarray):
+        arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim == 3:
+            arr = arr[None]
+        t = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t[:, :3]
+    if isinstance(image, torch.Tensor):
+        t = image.unsqueeze(0) if image.ndim == 3 else image
+        if t.ndim != 4 or t.shape[1] not in (1, 3):
+            raise AsukaError(f"image tensor must be [B,3,H,W] or [3,H,W], got {tuple(image.shape)}")
+        t = t.float()
+        return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t
+    raise AsukaError(f"unsupported image type {type(image).__name__} (use PIL, numpy or torch)")
+
+
+def _masks_for_processor(mask: ImageInput) -> list[PIL.Image.Image] | torch.Tensor:
+    """PIL -> 8-bit grayscale PIL list; numpy / tensor -> ``[B,1,H,W]`` float in [0, 1]."""
+    if isinstance(mask, (list, tuple)) and mask and isinstance(mask[0], PIL.Image.Image):
+        return [pil_to_l(m) for m in mask]
+    if isinstance(mask, PIL.Image.Image):
+        return [pil_to_l(mask)]
+    if isinstance(mask, (list, tuple)):
+        mask = torch.stack([torch.as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m for m in mask])
+    if isinstance(mask, np.ndarray):
+        if mask.dtype == np.uint8:
+            mask = mask.astype(np.float32) / 255.0
+        mask = torch.from_numpy(np.ascontiguousarray(mask).astype(np.float32))
+        if mask.ndim == 3 and mask.shape[-1] <= 4 < mask.shape[0]:
+            mask = mask[..., :1].permute(2, 0, 1)  # HxWxC -> 1xHxW (else taken as BxHxW)
+    if isinstance(mask, torch.Tensor):
+        m = mask.float()
+        if m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim == 3:
+            m = m.unsqueeze(1)
+        if m.ndim != 4:
+            raise AsukaError(f"mask tensor must be [B,1,H,W], [B,H,W] or [H,W], got {tuple(mask.shape)}")
+        return m[:, :1]
+    raise AsukaError(f"unsupported mask type {type(mask).__name__} (use PIL, numpy or torch)")
+
+
+def _size_of(x: list[PIL.Image.Image] | torch.Tensor, i: int) -> tuple[int, int]:
+    """(height, width) of sample ``i``."""
+    if isinstance(x, list):
+        return x[i].height, x[i].width
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def preprocess_inpaint_inputs(
+    image: ImageInput,
+    mask_image: ImageInput,
+    image_processor: VaeImageProcessor,
+    mask_processor: VaeImageProcessor,
+    height: int | None = None,
+    width: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(image [B,3,h,w] in [-1,1], mask [B,1,h,w] in {0,1})`` as diffusers' inpainting pipeline prepares them.
+
+    Sizes default to the image's; both are rounded down to a multiple of the VAE factor (8). A mask of another
+    size than its image is first resized to the image (nearest) with a warning. Shared by ASUKA and the SD
+    baselines, so every method sees the same pixels.
+    """
+    factor = image_processor.config.vae_scale_factor
+    images = _images_for_processor(image)
+    masks = _masks_for_processor(mask_image)
+    n_img = len(images) if isinstance(images, list) else images.shape[0]
+    n_mask = len(masks) if isinstance(masks, list) else masks.shape[0]
+    if n_mask not in (1, n_img):
+        raise AsukaError(f"got {n_img} images but {n_mask} masks")
+    for i in range(n_mask):
+        ih, iw = _size_of(images, i if n_img > 1 else 0)
+        mh, mw = _size_of(masks, i)
+        if (ih, iw) != (mh, mw):
+            warnings.warn(
+                f"mask size {mw}x{mh} differs from image size {iw}x{ih}; resizing the mask (nearest)", stacklevel=3
+            )
+            if isinstance(masks, list):
+                masks[i] = masks[i].resize((iw, ih), PIL.Image.NEAREST)
+            else:
+                masks = F.interpolate(masks, size=(ih, iw), mode="nearest")
+    first = images[0] if isinstance(images, list) else images
+    height, width = image_processor.get_default_height_width(first, height, width)
+    if height < factor or width < factor:
+        raise AsukaError(f"image is too small: {width}x{height} (needs at least {factor} pixels a side)")
+    init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32)
+    mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32)
+    if mask.shape[0] != init_image.shape[0]:
+        mask = mask.repeat(init_image.shape[0] // mask.shape[0], 1, 1, 1)
+    return init_image, mask
+
+
+def all_empty(mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: samples with no hole pixel."""
+    return mask.flatten(1).amax(dim=1) == 0
+
+
+def finish(result: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor, paste_back: bool) -> torch.Tensor:
+    """Optional paste-back of the known pixels, and the input itself for samples with an empty mask ([-1,1])."""
+    init_image, mask = init_image.to(result), mask.to(result)
+    if paste_back:
+        result = result * mask + init_image * (1.0 - mask)
+    empty = all_empty(mask)
+    if bool(empty.any()):
+        result = torch.where(empty[:, None, None, None], init_image, result)
+    return result
+
+
+class AsukaInpaintPipeline(DiffusionPipeline):
+    """Inpaint with frozen SD-1.5 inpainting conditioned on the aligned MAE prior (ASUKA-SD).
+
+    Components: ``vae``, ``unet``, ``scheduler`` (frozen SD-1.5 inpainting; DDIM by default), ``mae``
+    (:class:`asuka.models.mae.MaskedAutoencoderViT`), ``alignment`` (:class:`asuka.models.alignment.AlignmentModule`),
+    and optionally ``decoder`` (:class:`asuka.models.decoder.AsukaDecoder`, the mask-conditioned decoder; ``None``
+    decodes with the VAE's own decoder).
+
+    Inputs follow diffusers (this class is the package's diffusers-facing boundary): ``image`` as PIL (any mode;
+    converted to RGB), a numpy array (uint8, or float in [0, 1]) or a torch tensor ``[B,3,H,W]`` in **[0, 1]**
+    (a tensor with negative values is taken as already in [-1, 1], as diffusers does, with its warning);
+    ``mask_image`` as PIL, numpy or tensor in [0, 1] with **1 = hole**, binarised at 0.5. Inside, images are
+    [-1, 1] and masks {0, 1} (the package convention); ``output_type="pt"`` returns [0, 1].
+    """
+
+    model_cpu_offload_seq = "mae->alignment->unet->vae->decoder"
+    _optional_components = ["decoder"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        mae: MaskedAutoencoderViT,
+        alignment: AlignmentModule,
+        decoder: AsukaDecoder | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, alignment=alignment, decoder=decoder)
+        self.vae_scale_factor = vae_scale_factor(vae) if vae is not None else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        )
+
+    def preprocess(
+        self, image: ImageInput, mask_image: ImageInput, height: int | None = None, width: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ``(image [B,3,h,w] in [-1,1], mask [B,1,h,w] in {0,1})``; see :func:`preprocess_inpaint_inputs`."""
+        return preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor, height, width)
+
+    # ------------------------------------------------------------------ prior
+    def condition_from_tensors(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Aligned prior of preprocessed tensors (``image`` in [-1,1], ``mask`` 1 = hole), in the UNet's dtype."""
+        mae_param = next(self.mae.parameters())
+        cond = encode_condition(
+            self.mae,
+            self.alignment,
+            image.to(device=mae_param.device, dtype=mae_param.dtype),
+            mask.to(device=mae_param.device, dtype=mae_param.dtype),
+        )
+        return cond.to(device=self._execution_device, dtype=self.unet.dtype)
+
+    @torch.no_grad()
+    def encode_prior(
+        self, image: ImageInput, mask_image: ImageInput, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
+        """The cross-attention context ``[B, L, D]`` that replaces the text tokens.
+
+        The image and mask are preprocessed exactly as in ``__call__``; the MAE then resizes them to its own
+        resolution, and the alignment module maps its prior to the UNet's width.
+        """
+        init_image, mask = self.preprocess(image, mask_image, height, width)
+        return self.condition_from_tensors(init_image, mask)
+
+    @torch.no_grad()
+    def encode_null_prior(self, batch_size: int = 1) -> torch.Tensor:
+        """Context of a fully masked image: the unconditional branch when ``guidance_scale > 1``."""
+        return null_condition(self.mae, self.alignment, batch_size, self._execution_device, self.unet.dtype)
+
+    def _step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    def _decode(self, latents: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels in [-1,1]: the mask-conditioned decoder when present, else the VAE decoder."""
+        scaling = self.vae.config.scaling_factor
+        if self.decoder is not None:
+            dec_dtype = self.decoder.dtype
+            out = self.decoder.decode(
+                (latents / scaling).to(dec_dtype),
+                image=init_image.to(device=latents.device, dtype=dec_dtype),
+                mask=mask.to(device=latents.device, dtype=dec_dtype),
+            )
+        else:
+            out = self.vae.decode((latents / scaling).to(self.vae.dtype))
+        sample = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+        return sample.float()
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        latents: torch.Tensor | None = None,
+        prior_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        paste_back: bool = False,
+        return_dict: bool = True,
+        timesteps: list[int] | None = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Inpaint the holes (mask 1) of ``image``.
+
+        Args:
+            image, mask_image: see the class docstring. Sizes that are not multiples of 8 are rounded down (the
+                output has that size); a mask of another size is resized to the image with a warning.
+            height, width: processing size, rounded down to multiples of 8; default the image's size.
+            num_inference_steps: sampler steps (DDIM 50 by default; spec 7).
+            guidance_scale: 1.0 = no CFG (the paper's setting). Above 1, the prior of a fully masked image is the
+                unconditional branch.
+            generator: seeds the initial noise and the VAE posterior sample, as in diffusers.
+            prior_embeds: a precomputed context ``[B, L, D]`` (skips the MAE and alignment).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (in [0, 1]) or ``"latent"``.
+            paste_back: composite the known pixels of the (preprocessed) input into the result.
+
+        A batch whose masks are all zero returns the input unchanged without sampling (nothing to fill); inside a
+        mixed batch, samples with an empty mask are replaced by their input.
+        """
+        init_image, mask = self.preprocess(image, mask_image, height, width)
+        batch_size = init_image.shape[0]
+        device = self._execution_device
+        empty = all_empty(mask)
+
+        if bool(empty.all()):
+            if output_type == "latent":
+                raise AsukaError("output_type='latent' with an all-zero mask: nothing to sample")
+            images = self.image_processor.postprocess(init_image, output_type=output_type)
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+        do_cfg = guidance_scale > 1.0
+        dtype = self.unet.dtype
+        cond = prior_embeds.to(device=device, dtype=dtype) if prior_embeds is not None else self.condition_from_tensors(init_image, mask)
+        if cond.shape[0] != batch_size:
+            cond = cond.repeat(batch_size // cond.shape[0], 1, 1)
+        if do_cfg:
+            cond = torch.cat([self.encode_null_prior(batch_size), cond])
+
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+
+        # Initial latents: pure noise (strength 1), drawn before the VAE sample, as diffusers does.
+        shape = (batch_size, self.vae.config.latent_channels, init_image.shape[-2] // self.vae_scale_factor,
+                 init_image.shape[-1] // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        mask_latent, masked_image_latents = encode_masked_image(
+            self.vae, init_image.to(device=device), mask.to(device=device), generator=generator
+        )
+        mask_latent = mask_latent.to(device=device, dtype=dtype)
+        masked_image_latents = masked_image_latents.to(device=device, dtype=dtype)
+        if do_cfg:
+            mask_latent = torch.cat([mask_latent] * 2)
+            masked_image_latents = torch.cat([masked_image_latents] * 2)
+
+        step_kwargs = self._step_kwargs(generator, eta)
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_latents = torch.cat([latents] * 2) if do_cfg else latents
+                model_latents = self.scheduler.scale_model_input(model_latents, t)
+                noise_pred = self.unet(
+                    unet_input(model_latents, mask_latent, masked_image_latents),
+                    t,
+                    encoder_hidden_states=cond,
+                    return_dict=False,
+                )[0]
+                if do_cfg:
+                    uncond, text = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (text - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    out = callback_on_step_end(self, i, t, {"latents": latents})
+                    latents = (out or {}).get("latents", latents)
+                progress_bar.update()
+
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return ImagePipelineOutput(images=latents) if return_dict else (latents,)
+
+        result = finish(self._decode(latents, init_image.to(device), mask.to(device)), init_image, mask, paste_back)
+        images = self.image_processor.postprocess(result, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

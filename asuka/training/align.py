@@ -1,0 +1,112 @@
+"""Stage 2: train the alignment module against the frozen SD-1.5 inpainting UNet (paper 3.2).
+
+The frozen MAE gives the prior of the masked image; with probability p it gives the prior of the whole (unmasked)
+image instead, the MAE's "reconstructed prior", with p decaying linearly from 1.0 to 0.1 over the first 2,000 steps
+(official issue #1). Only the alignment module trains; the loss is SD's epsilon objective.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from asuka.data.datasets import TrainDataset, build_image_source
+from asuka.data.masks import build_mask_generator
+from asuka.models.alignment import AlignmentModule
+from asuka.models.mae_import import load_frozen_mae
+from asuka.models.sd import encode_latents, encode_masked_image, load_sd_inpaint, unet_input
+from asuka.training.engine import fit
+from asuka.training.stage import OptimizerSpec, Stage, StepOutput
+
+
+def reconstructed_prior_prob(step: int, p_start: float, p_end: float, decay_steps: int) -> float:
+    """p at optimizer step ``step``: linear from ``p_start`` to ``p_end`` over ``decay_steps``, then fixed."""
+    if decay_steps <= 0 or step >= decay_steps:
+        return p_end
+    return p_start + (p_end - p_start) * step / decay_steps
+
+
+class AlignStage(Stage):
+    name = "alignment"
+
+    def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(cfg, device, weight_dtype)
+        self._dataset = TrainDataset(
+            build_image_source(cfg.dataset, "train"),
+            int(cfg.resolution),
+            build_mask_generator(cfg.mask, cfg.paths),
+            int(cfg.seed),
+        )
+        frozen_dtype = weight_dtype if cfg.align.cast_frozen else torch.float32
+        self.sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, frozen_dtype)
+        if cfg.align.gradient_checkpointing:
+            self.sd.unet.enable_gradient_checkpointing()
+        self.mae = load_frozen_mae(cfg).to(device)
+        self.trainable = {"alignment": AlignmentModule(**cfg.model.alignment).to(device).train()}
+
+    def train_dataset(self) -> Dataset:
+        return self._dataset
+
+    def optimizers(self) -> list[OptimizerSpec]:
+        return [OptimizerSpec("alignment", ["alignment"], self.cfg.optim)]
+
+    def prior_prob(self, step: int) -> float:
+        p = self.cfg.align.reconstructed_prior
+        return reconstructed_prior_prob(step, float(p.p_start), float(p.p_end), int(p.decay_steps))
+
+    @torch.no_grad()
+    def _frozen_inputs(self, image: torch.Tensor, mask: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
+        """Everything the frozen MAE and VAE contribute to a step: prior, target latents, 9-channel conditions."""
+        swap = torch.rand(image.shape[0], device=image.device) < self.prior_prob(step)
+        prior_mask = mask * (~swap).to(mask.dtype)[:, None, None, None]  # swapped samples: nothing masked
+        prior = self.mae.prior(image.float(), prior_mask.float())
+        vae = self.sd.vae
+        latents = encode_latents(vae, image)
+        mask_latent, masked_latents = encode_masked_image(vae, image, mask)
+        return prior, latents, mask_latent, masked_latents, swap.float().mean()
+
+    def training_step(self, batch: dict, step: int) -> StepOutput:
+        image, mask = batch["image"], batch["mask"]
+        prior, latents, mask_latent, masked_latents, swapped = self._frozen_inputs(image, mask, step)
+        scheduler = self.sd.scheduler
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        context = self.trainable["alignment"](prior)
+        unet = self.sd.unet
+        eps = unet(
+            unet_input(noisy, mask_latent, masked_latents).to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)
+        ).sample
+        loss = F.mse_loss(eps.float(), noise.float())
+        return StepOutput({"alignment": loss}, {"p_reconstructed": self.prior_prob(step), "swapped": float(swapped)})
+
+    def validation_rows(self, batch: dict) -> list[torch.Tensor]:
+        from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
+        from asuka.models.sd import build_inference_scheduler
+        from asuka.training.modules import unwrap
+
+        image, mask = batch["image"], batch["mask"]
+        pipe = AsukaInpaintPipeline(
+            vae=self.sd.vae,
+            unet=self.sd.unet,
+            scheduler=build_inference_scheduler(self.sd.scheduler.config),
+            mae=self.mae,
+            alignment=unwrap(self.trainable["alignment"]),
+            decoder=None,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator(device="cpu").manual_seed(int(self.cfg.seed))
+        out = pipe(
+            image=(image.float() + 1) / 2,
+            mask_image=mask.float(),
+            num_inference_steps=int(self.cfg.align.val_inference_steps),
+            generator=generator,
+            output_type="pt",
+        ).images
+        return [image, image * (1 - mask), out.to(image.device) * 2 - 1]
+
+
+def train(cfg: DictConfig, run_dir: str | None = None) -> dict:
+    """``python scripts/train_align.py``: stage 2 on the shared engine."""
+    return fit(cfg, AlignStage, run_dir)

@@ -1,0 +1,120 @@
+"""Checkpoints that a kill at any moment cannot corrupt.
+
+A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` and renamed to ``checkpoints/checkpoint-<step>``
+only when every file is on disk; ``trainer_state.json`` is written last, so a folder without it is incomplete.
+Everything is read back as safetensors or with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asuka.utils.errors import AsukaError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-"
+
+
+def step_of(path: Path) -> int:
+    """The step a ``checkpoint-<step>`` folder holds, or -1 for any other name."""
+    suffix = path.name[len(PREFIX) :]
+    return int(suffix) if path.name.startswith(PREFIX) and suffix.isdigit() else -1
+
+
+def is_complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; incomplete ones are skipped with a warning."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for path in sorted((p for p in ckpt_dir.iterdir() if step_of(p) >= 0), key=step_of):
+        if is_complete(path):
+            found.append(path)
+        else:
+            log.warning("skipping incomplete checkpoint %s (no %s)", path, STATE_FILE)
+    return found
+
+
+def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
+    """``trainer.resume``: null -> None; ``latest`` -> newest complete checkpoint or None; else a folder path."""
+    if resume in (None, "", "null"):
+        return None
+    if resume == "latest":
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            log.warning("trainer.resume=latest: no complete checkpoint in %s, starting a new run", ckpt_dir)
+            return None
+        return found[-1]
+    path = Path(resume)
+    if not is_complete(path):
+        raise AsukaError(f"trainer.resume={resume}: not a complete checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain lists (loadable with weights_only=True)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_torch(obj: object, path: Path) -> None:
+    """torch.save and fsync, so that the rename that publishes a checkpoint never precedes its data."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_torch(path: Path) -> object:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def publish(tmp: Path, final: Path, state: dict) -> None:
+    """Write the state file last, then atomically rename the folder into place."""
+    with open(tmp / STATE_FILE, "w") as fh:
+        json.dump(state, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a scheduled save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def rotate(ckpt_dir: Path, keep: int) -> None:
+    """Delete the oldest complete checkpoints beyond ``keep`` (never the newest) and stale temporary folders."""
+    for stale in ckpt_dir.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    complete = list_checkpoints(ckpt_dir)
+    for old in complete[: max(0, len(complete) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,193 @@
+"""Stage-3 losses: L1 + LPIPS(VGG) reconstruction of the original image, plus a hinge PatchGAN with adaptive weight.
+
+This follows the Asymmetric VQGAN recipe the paper points to (official issue #16), with two of our choices (spec 7):
+disc_weight 0.5 and the discriminator starting at step 10000 (AVQ's 50001 would never start in a 50K-step run). The
+reconstruction terms are plain means (no learnable log-variance: with a frozen encoder there is no KL term for it
+to balance, and the adaptive weight makes the GAN term independent of the NLL's scale).
+
+The two losses are returned separately ("decoder", "discriminator") because the engine back-propagates their SUM:
+the generator's adversarial term therefore runs the discriminator with DETACHED parameters (``functional_call``),
+and the discriminator's loss sees detached reconstructions, so each graph reaches only its own optimizer's weights.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.func import functional_call
+
+from asuka.training.modules import unwrap
+from asuka.utils.errors import AsukaError
+from asuka.utils.safe_load import load_state_dict
+
+# torchvision ImageNet trunks that lpips builds, and the file names torch.hub caches them under.
+LPIPS_TRUNK_FILES = {
+    "vgg": "vgg16-397923af.pth",
+    "alex": "alexnet-owt-7be5be79.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def build_lpips(net: str = "vgg", weights_dir: str | Path | None = None, pretrained_trunk: bool = True) -> nn.Module:
+    """A frozen ``lpips.LPIPS`` (v0.1 linear heads from the wheel) that never downloads.
+
+    The trunk's ImageNet weights are read from ``weights_dir`` (``paths.lpips_dir``) or, when it is None, from
+    torch.hub's cache (``$TORCH_HOME/hub/checkpoints``). A missing file is an AsukaError naming it.
+    ``pretrained_trunk=False`` keeps a random trunk (tests only: LPIPS is then not a perceptual distance).
+    """
+    import lpips
+
+    if net not in LPIPS_TRUNK_FILES:
+        raise AsukaError(f"LPIPS net '{net}' is not one of {sorted(LPIPS_TRUNK_FILES)}")
+    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated ``pretrained=``
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+    heads = load_state_dict(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth")
+    missing, unexpected = model.load_state_dict(heads, strict=False)
+    if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
+        raise AsukaError(f"lpips heads for '{net}' do not match (missing {missing}, unexpected {unexpected})")
+    if pretrained_trunk:
+        folder = Path(weights_dir).expanduser() if weights_dir else Path(torch.hub.get_dir()) / "checkpoints"
+        path = folder / LPIPS_TRUNK_FILES[net]
+        if not path.is_file():
+            raise AsukaError(
+                f"{path}: LPIPS {net} trunk weights not found (nothing is downloaded; copy the torchvision file "
+                f"{LPIPS_TRUNK_FILES[net]} there or set paths.lpips_dir)"
+            )
+        trunk = load_state_dict(path)
+        own = model.net.state_dict()
+        # lpips keeps torchvision's layer indices inside its slices: net.slice2.5.weight <- features.5.weight
+        mapped = {name: trunk[f"features.{name.split('.', 1)[1]}"] for name in own if name.startswith("slice")}
+        model.net.load_state_dict(mapped, strict=True)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class NLayerDiscriminator(ModelMixin, ConfigMixin):
+    """PatchGAN discriminator (pix2pix / taming layout): strided 4x4 convs, BatchNorm, LeakyReLU(0.2), 1-channel map.
+
+    ``forward(a, b, ...)`` runs each input through the network separately (so BatchNorm statistics stay per input,
+    as with separate calls) and returns one logit map per input; one call keeps a DDP wrapper to one forward.
+    """
+
+    @register_to_config
+    def __init__(self, in_channels: int = 3, base_channels: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        width = base_channels
+        for n in range(1, n_layers + 1):
+            out = base_channels * min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [
+                nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            width = out
+        layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*layers)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DCGAN init (N(0, 0.02) convs, N(1, 0.02) norms), the usual start for this discriminator."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, image: torch.Tensor, *more: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not more:
+            return self.main(image)
+        return tuple(self.main(x) for x in (image, *more))
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator: 0.5 (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))])."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def frozen_call(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` with its parameters detached: gradients reach the inputs but never the module's weights."""
+    inner = unwrap(module)
+    params = {name: p.detach() for name, p in inner.named_parameters()}
+    buffers = dict(inner.named_buffers())
+    return functional_call(inner, {**params, **buffers}, inputs)
+
+
+class DecoderLoss(nn.Module):
+    """The stage-3 objective. Call with the target, the reconstruction, the optimizer step, the decoder's last layer
+    weight (for the adaptive weight) and the discriminator; get ``({"decoder", "discriminator"}, logs)``."""
+
+    def __init__(
+        self,
+        lpips_model: nn.Module,
+        lpips_weight: float = 1.0,
+        disc_weight: float = 0.5,
+        disc_start: int = 10000,
+        max_adaptive_weight: float = 1e4,
+    ) -> None:
+        super().__init__()
+        self.lpips = lpips_model
+        self.lpips_weight = float(lpips_weight)
+        self.disc_weight = float(disc_weight)
+        self.disc_start = int(disc_start)
+        self.max_adaptive_weight = float(max_adaptive_weight)
+
+    def gan_active(self, step: int) -> bool:
+        """The GAN terms are off (exactly zero) for optimizer steps ``< disc_start``."""
+        return self.disc_weight > 0 and step >= self.disc_start
+
+    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+        """||dNLL/dW|| / (||dG/dW|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4], detached, x disc_weight."""
+        nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+        weight = nll_grad.float().norm() / (g_grad.float().norm() + 1e-4)
+        return weight.clamp(0.0, self.max_adaptive_weight).detach() * self.disc_weight
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        recon: torch.Tensor,
+        step: int,
+        last_layer: torch.Tensor,
+        discriminator: nn.Module,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        target = target.float()
+        recon = recon.float()
+        l1 = (recon - target).abs().mean()
+        perceptual = self.lpips(recon, target).mean() if self.lpips_weight > 0 else recon.new_zeros(())
+        nll = l1 + self.lpips_weight * perceptual
+        logs = {"l1": float(l1.detach()), "lpips": float(perceptual.detach()), "nll": float(nll.detach())}
+        if not self.gan_active(step):
+            zero = recon.new_zeros(())
+            logs.update(g_loss=0.0, d_weight=0.0, d_loss=0.0, gan_active=0.0)
+            return {"decoder": nll, "discriminator": zero}, logs
+
+        g_loss = -frozen_call(discriminator, recon).float().mean()
+        if torch.is_grad_enabled() and last_layer.requires_grad:
+            d_weight = self.adaptive_weight(nll, g_loss, last_layer)
+        else:  # no graph to differentiate (evaluation): report the loss at the cap
+            d_weight = torch.tensor(self.disc_weight, device=recon.device)
+        logits_real, logits_fake = discriminator(target.detach(), recon.detach())
+        d_loss = hinge_d_loss(logits_real.float(), logits_fake.float())
+        logs.update(
+            g_loss=float(g_loss.detach()),
+            d_weight=float(d_weight),
+            d_loss=float(d_loss.detach()),
+            logits_real=float(logits_real.detach().float().mean()),
+            logits_fake=float(logits_fake.detach().float().mean()),
+            gan_active=1.0,
+        )
+        return {"decoder": nll + d_weight * g_loss, "discriminator": d_loss}, logs

@@ -1,0 +1,42 @@
+"""Glue for the thin Hydra entry scripts: one-line errors for user mistakes, and a run dir shared by all ranks."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from asuka.utils.errors import AsukaError
+
+
+def _run_stamp() -> str:
+    """A run-folder name that every rank of one launch agrees on (Hydra's ${now:} differs between ranks)."""
+    if os.environ.get("ASUKA_RUN_STAMP"):
+        return os.environ["ASUKA_RUN_STAMP"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("TORCHELASTIC_RUN_ID"):
+        return "run-" + os.environ["TORCHELASTIC_RUN_ID"]
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm-" + os.environ["SLURM_JOB_ID"]
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _repo_dir() -> str:
+    """The checkout this package is installed from (editable install), for paths to shipped data."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+if not OmegaConf.has_resolver("run_stamp"):
+    OmegaConf.register_new_resolver("run_stamp", _run_stamp, use_cache=True)
+    OmegaConf.register_new_resolver("asuka_repo", _repo_dir)
+
+
+def run(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Call ``fn(cfg)``; an AsukaError becomes one line on stderr and exit status 2."""
+    try:
+        return fn(cfg)
+    except AsukaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,17 @@
+"""Write an AsukaInpaintPipeline folder. Usage: python scripts/export_pipeline.py mae=... alignment=... out=DIR"""
+import asuka.utils.cli  # noqa: F401  (registers the ${run_stamp:} and ${asuka_repo:} resolvers)
+import hydra
+from omegaconf import DictConfig
+
+from asuka.utils.cli import run
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export_pipeline")
+def main(cfg: DictConfig) -> None:
+    from asuka.pipelines.build import export_pipeline
+
+    run(export_pipeline, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Inpaint images. Usage: python scripts/inpaint.py pipeline=DIR image=PATH mask=PATH out=PATH [steps=50 seed=0]"""
+import sys
+
+import asuka.utils.cli  # noqa: F401  (registers the ${run_stamp:} and ${asuka_repo:} resolvers)
+import hydra
+from omegaconf import DictConfig
+
+from asuka.utils.cli import run
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="inpaint")
+def main(cfg: DictConfig) -> None:
+    from asuka.pipelines.inpaint_files import inpaint
+
+    run(inpaint, cfg)
+
+
+if __name__ == "__main__":
+    from asuka.pipelines.inpaint_files import alias_mask_argument
+
+    sys.argv = alias_mask_argument(sys.argv)  # `mask=PATH` is the mask file, not the `mask` config group
+    main()

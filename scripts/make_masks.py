@@ -1,0 +1,19 @@
+"""Write a fixed set of masks: python scripts/make_masks.py n=N size=S seed=K out=DIR [mask=eval].
+
+DIR/00000.png... (8-bit, 255 = hole) and DIR/manifest.jsonl ({"file", "kind", "hole_ratio"} per mask). Mask i
+comes from sample_rng(seed, 0, i): the same seed rewrites identical files.
+"""
+import hydra
+
+import asuka.utils.cli  # noqa: F401  (registers the config resolvers before Hydra composes)
+from asuka.data.mask_files import make_masks
+from asuka.utils.cli import run
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="make_masks")
+def main(cfg) -> None:
+    run(make_masks, cfg)
+
+
+if __name__ == "__main__":
+    main()

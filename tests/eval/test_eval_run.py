@@ -1,0 +1,160 @@
+"""The evaluation run: file matching, compositing, size checks, the result files and the feature cache."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asuka.eval import features as F
+from asuka.eval.run import composite, evaluate, match_predictions, to_uint8
+from asuka.utils.errors import DataError
+from conftest import compose_config
+
+N_IMAGES = 6
+SIZE = 64
+
+
+def _make_folder(root: Path, n: int = N_IMAGES, size: int = SIZE) -> dict[str, Path]:
+    """Ground truth, masks and predictions with holes of different sizes; predictions differ only in the hole."""
+    rng = np.random.default_rng(0)
+    dirs = {k: root / k for k in ("images", "masks", "preds")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        base = np.stack([xx * (50 + 20 * i), yy * 200, (xx + yy) * 60 + 10 * i], -1)
+        gt = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        side = 10 + 7 * i
+        mask[5:5 + side, 8:8 + side] = 255
+        pred = gt.copy()
+        pred[mask > 0] = rng.integers(0, 256, size=(int((mask > 0).sum()), 3), dtype=np.uint8)
+        pred[mask == 0] = np.clip(gt[mask == 0].astype(int) + 3, 0, 255)  # outside the hole: removed by compositing
+        Image.fromarray(gt).save(dirs["images"] / f"img{i:02d}.png")
+        Image.fromarray(mask).save(dirs["masks"] / f"img{i:02d}.png")
+        Image.fromarray(pred).save(dirs["preds"] / f"img{i:02d}.png")
+    return dirs
+
+
+def _cfg(dirs: dict[str, Path], tmp_path: Path, *extra: str):
+    return compose_config("eval", [
+        "dataset=folder", f"dataset.root={dirs['images']}", f"dataset.mask_root={dirs['masks']}",
+        "method=predictions", f"predictions_dir={dirs['preds']}", "metrics.weights=random",
+        f"metrics.cache_dir={tmp_path / 'cache'}", f"resolution={SIZE}", "batch_size=4", "trainer.cpu=true",
+        "trainer.num_workers=0", *extra])
+
+
+def test_missing_and_extra_predictions_are_both_named(tmp_path):
+    for name in ("a", "b", "extra1"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+    with pytest.raises(DataError) as err:
+        match_predictions(["a", "b", "c", "d"], tmp_path)
+    msg = str(err.value)
+    assert "c, d" in msg and "extra1.png" in msg and "\n" not in msg
+    assert match_predictions(["b", "extra1", "a"], tmp_path) == [tmp_path / n for n in ("b.png", "extra1.png", "a.png")]
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    with pytest.raises(DataError, match="share a name"):
+        match_predictions(["a", "b", "extra1"], tmp_path)
+
+
+def test_composite_keeps_known_pixels_exactly():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    pred = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    mask = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float() * 0.9  # soft values: binarised at 0.5
+    out = composite(pred, gt, mask)
+    hole = (mask >= 0.5).expand_as(gt)
+    assert torch.equal(out[~hole], gt[~hole]) and torch.equal(out[hole], pred[hole])
+    assert torch.equal(to_uint8(out)[~hole], to_uint8(gt)[~hole])
+
+
+def test_evaluate_end_to_end_with_random_weights(tmp_path):
+    dirs = _make_folder(tmp_path / "data")
+    cfg = _cfg(dirs, tmp_path, "metrics.min_images_for_fid=3")
+    run_dir = tmp_path / "run"
+    results = evaluate(cfg, run_dir)
+
+    for name in ("results.json", "results.md", "per_image.csv"):
+        assert (run_dir / name).is_file()
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk == results
+    m = results["metrics"]
+    for key in ("lpips", "fid", "u_ids", "p_ids", "psnr", "ssim", "color_error"):
+        assert m[key] is not None and math.isfinite(m[key]), key
+    assert m["count"] == N_IMAGES and m["fid"] > 0 and 0 <= m["u_ids"] <= 0.5 and 0 <= m["p_ids"] <= 1
+    meta = results["meta"]
+    assert meta["weights"] == "random" and meta["inception_weights_sha256"] == "random"
+    assert meta["lpips"]["trunk_sha256"] == "random" and "RANDOM" in meta["warning"]
+    assert meta["image_count"] == N_IMAGES and meta["resolution"] == SIZE and meta["composite"] is True
+    assert meta["variant"] == "tf_inception" and meta["method"] == "predictions" and meta["dataset"] == "folder"
+    assert meta["versions"]["torch"] and meta["resize_mode"]
+    assert "RANDOM WEIGHTS" in (run_dir / "results.md").read_text()
+    # area bins: every image in one bin; FID only where a bin has enough images
+    bins = results["by_area"]
+    assert sum(b["count"] for b in bins.values()) == N_IMAGES
+    assert all((b["fid"] is None) == (b["count"] < 3) for b in bins.values())
+    assert "by_domain" not in results
+    with open(run_dir / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [f"img{i:02d}" for i in range(N_IMAGES)]
+    assert all(float(r["lpips"]) > 0 and float(r["psnr"]) > 0 for r in rows)
+
+
+def test_second_run_reads_features_from_the_cache(tmp_path, monkeypatch):
+    dirs = _make_folder(tmp_path / "data", n=4)
+    cfg = _cfg(dirs, tmp_path)
+    calls = {"n": 0}
+    original = F.InceptionFeatures.forward
+
+    def counting(self, images):
+        calls["n"] += 1
+        return original(self, images)
+
+    monkeypatch.setattr(F.InceptionFeatures, "forward", counting)
+    first = evaluate(cfg, tmp_path / "run1")
+    assert calls["n"] > 0 and not first["meta"]["feature_cache"]["ground_truth_hit"]
+    calls["n"] = 0
+    second = evaluate(cfg, tmp_path / "run2")
+    assert calls["n"] == 0
+    assert second["meta"]["feature_cache"]["ground_truth_hit"] and second["meta"]["feature_cache"]["predictions_hit"]
+    assert second["metrics"]["fid"] == first["metrics"]["fid"]
+    assert second["metrics"]["p_ids"] == first["metrics"]["p_ids"]
+    # a changed prediction recomputes that set only; the ground truth stays cached
+    img = Image.open(dirs["preds"] / "img00.png")
+    img.transpose(Image.FLIP_LEFT_RIGHT).save(dirs["preds"] / "img00.png")
+    third = evaluate(cfg, tmp_path / "run3")
+    assert calls["n"] > 0
+    assert third["meta"]["feature_cache"]["ground_truth_hit"] and not third["meta"]["feature_cache"]["predictions_hit"]
+
+
+def test_prediction_of_the_wrong_size_names_the_file(tmp_path):
+    dirs = _make_folder(tmp_path / "data", n=2)
+    Image.new("RGB", (SIZE // 2, SIZE // 2)).save(dirs["preds"] / "img01.png")
+    with pytest.raises(DataError, match="img01.png") as err:
+        evaluate(_cfg(dirs, tmp_path), tmp_path / "run")
+    assert "\n" not in str(err.value)
+
+
+def test_predictions_method_needs_a_folder(tmp_path):
+    from asuka.utils.errors import ConfigError
+
+    dirs = _make_folder(tmp_path / "data", n=2)
+    cfg = _cfg(dirs, tmp_path, "predictions_dir=null")
+    with pytest.raises(ConfigError, match="predictions_dir"):
+        evaluate(cfg, tmp_path / "run")
+
+
+def test_eval_config_composes_for_every_dataset_and_method():
+    for dataset in ("places2", "misato", "folder", "samples"):
+        for method in ("asuka", "sd", "sd_text", "predictions"):
+            cfg = compose_config("eval", [f"dataset={dataset}", f"method={method}"])
+            assert cfg.method.name == method and cfg.dataset.name == dataset
+    cfg = compose_config("eval", ["method=sd_text"])
+    assert cfg.method.prompt == "background" and cfg.metrics.variant == "tf_inception"
+    assert cfg.hydra.run.dir.startswith("outputs/eval/places2/")

@@ -1,0 +1,132 @@
+"""Stage-3 losses: GAN schedule, gradient isolation between generator and discriminator, adaptive weight, LPIPS."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from asuka.training.decoder_losses import (
+    LPIPS_TRUNK_FILES,
+    DecoderLoss,
+    NLayerDiscriminator,
+    build_lpips,
+    hinge_d_loss,
+)
+from asuka.utils.errors import AsukaError
+
+
+@pytest.fixture(scope="module")
+def lpips_model():
+    return build_lpips("vgg", pretrained_trunk=False)
+
+
+class TinyGenerator(nn.Module):
+    """Stands in for the decoder: its conv_out is the 'last layer' of the adaptive weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_out = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv_out(torch.relu(self.body(x))))
+
+
+def _setup(lpips_model, disc_start=5):
+    torch.manual_seed(0)
+    gen, disc = TinyGenerator(), NLayerDiscriminator(n_layers=3, base_channels=8)
+    loss = DecoderLoss(lpips_model, lpips_weight=1.0, disc_weight=0.5, disc_start=disc_start)
+    target = torch.rand(2, 3, 64, 64) * 2 - 1
+    return gen, disc, loss, target
+
+
+def test_discriminator_shape_and_round_trip(tmp_path):
+    disc = NLayerDiscriminator(n_layers=3, base_channels=8)
+    x = torch.zeros(2, 3, 64, 64)
+    assert disc(x).shape == (2, 1, 6, 6)  # 64 -> 32 -> 16 -> 8 -> 7 -> 6 (70x70 PatchGAN)
+    a, b = disc(x, x + 1)
+    assert a.shape == b.shape == (2, 1, 6, 6)
+    disc.save_pretrained(tmp_path / "d")
+    loaded = NLayerDiscriminator.from_pretrained(tmp_path / "d")
+    assert loaded.config.n_layers == 3
+    disc.eval(), loaded.eval()
+    assert torch.equal(disc(x), loaded(x))
+
+
+def test_gan_term_zero_before_start_and_active_after(lpips_model):
+    gen, disc, loss, target = _setup(lpips_model, disc_start=5)
+    recon = gen(target)
+    losses, logs = loss(target, recon, 4, gen.conv_out.weight, disc)
+    nll = (recon - target).abs().mean() + lpips_model(recon, target).mean()
+    assert torch.allclose(losses["decoder"], nll)
+    assert losses["discriminator"].item() == 0 and logs["g_loss"] == 0 and logs["gan_active"] == 0
+    losses, logs = loss(target, gen(target), 5, gen.conv_out.weight, disc)
+    assert logs["gan_active"] == 1 and logs["d_weight"] > 0 and logs["g_loss"] != 0
+    assert losses["discriminator"].item() > 0
+    assert not torch.allclose(losses["decoder"], nll)
+
+
+def test_generator_loss_puts_no_gradient_into_the_discriminator(lpips_model):
+    gen, disc, loss, target = _setup(lpips_model, disc_start=0)
+    losses, _ = loss(target, gen(target), 10, gen.conv_out.weight, disc)
+    losses["decoder"].backward()
+    assert all(p.grad is None for p in disc.parameters())
+    assert gen.conv_out.weight.grad is not None and gen.body.weight.grad.abs().sum() > 0
+    # and the discriminator loss puts none into the generator
+    gen.zero_grad(set_to_none=True)
+    losses, _ = loss(target, gen(target), 10, gen.conv_out.weight, disc)
+    losses["discriminator"].backward()
+    assert all(p.grad is None for p in gen.parameters())
+    assert all(p.grad is not None for p in disc.parameters())
+
+
+def test_sum_of_losses_gives_each_side_only_its_own_gradient(lpips_model):
+    """The engine back-propagates the SUM: the decoder's gradient must equal that of its loss alone."""
+    gen, disc, loss, target = _setup(lpips_model, disc_start=0)
+    losses, _ = loss(target, gen(target), 1, gen.conv_out.weight, disc)
+    sum(losses.values()).backward()
+    together = [p.grad.clone() for p in gen.parameters()]
+    d_together = [p.grad.clone() for p in disc.parameters()]
+    gen.zero_grad(set_to_none=True), disc.zero_grad(set_to_none=True)
+    losses, _ = loss(target, gen(target), 1, gen.conv_out.weight, disc)
+    losses["decoder"].backward()
+    for a, b in zip(together, [p.grad for p in gen.parameters()]):
+        assert torch.allclose(a, b, atol=1e-6)
+    gen.zero_grad(set_to_none=True)
+    losses, _ = loss(target, gen(target), 1, gen.conv_out.weight, disc)
+    losses["discriminator"].backward()
+    for a, b in zip(d_together, [p.grad for p in disc.parameters()]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_adaptive_weight_formula(lpips_model):
+    gen, disc, loss, target = _setup(lpips_model, disc_start=0)
+    recon = gen(target)
+    nll = (recon - target).abs().mean() + lpips_model(recon, target).mean()
+    g_loss = -disc(recon).mean()
+    w = gen.conv_out.weight
+    gn = torch.autograd.grad(nll, w, retain_graph=True)[0].norm()
+    gg = torch.autograd.grad(g_loss, w, retain_graph=True)[0].norm()
+    expected = (gn / (gg + 1e-4)).clamp(0, 1e4) * 0.5
+    assert torch.allclose(loss.adaptive_weight(nll, g_loss, w), expected)
+
+
+def test_hinge_loss_values():
+    assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)).item() == 0
+    assert hinge_d_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(1.0)
+
+
+def test_lpips_offline(tmp_path, lpips_model):
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert lpips_model(x, x).item() == pytest.approx(0.0, abs=1e-7)
+    assert not any(p.requires_grad for p in lpips_model.parameters())
+    with pytest.raises(AsukaError, match=LPIPS_TRUNK_FILES["alex"]):
+        build_lpips("alex", weights_dir=tmp_path)
+    # a trunk file in the torchvision layout is read from weights_dir
+    import torchvision
+
+    trunk = torchvision.models.alexnet(weights=None).state_dict()
+    torch.save(trunk, tmp_path / LPIPS_TRUNK_FILES["alex"])
+    model = build_lpips("alex", weights_dir=tmp_path)
+    assert torch.equal(getattr(model.net.slice1, "0").weight, trunk["features.0.weight"])
+    assert torch.equal(getattr(model.net.slice5, "10").weight, trunk["features.10.weight"])
