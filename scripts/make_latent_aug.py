@@ -10,7 +10,10 @@ from asuka.utils.cli import run
 def main(cfg: DictConfig) -> None:
     from asuka.training.latent_aug import build_latent_cache
 
-    print(run(build_latent_cache, cfg))
+    summary = run(build_latent_cache, cfg)
+    if "shards" in summary:  # the main process reports for all ranks
+        print(f"latent cache {summary['out']}: {summary['shards']} shards, {summary['written']} written by rank 0, "
+              f"{summary['missing']} unreadable images")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,12 @@ def resolve_weights_file(explicit: str | os.PathLike | None, standard_name: str,
     return path
 
 
+def inception_weights_file(variant: str, weights_path: str | os.PathLike | None = None) -> Path:
+    """The local Inception weights of ``variant``: ``paths.inception`` or the standard file in the torch cache."""
+    name, url = _STANDARD_WEIGHTS[variant]
+    return resolve_weights_file(weights_path, name, url, f"Inception ({variant})", "paths.inception")
+
+
 def kaiming_init_(module: nn.Module, seed: int) -> nn.Module:
     """Seeded kaiming init of convs/linears and identity batch norms.
 
@@ -153,8 +159,7 @@ class InceptionFeatures(nn.Module):
         self.weights_sha256 = "random"
         state_dict = None
         if weights == "pretrained":
-            name, url = _STANDARD_WEIGHTS[variant]
-            path = resolve_weights_file(weights_path, name, url, f"Inception ({variant})", "paths.inception")
+            path = inception_weights_file(variant, weights_path)
             state_dict = load_state_dict(path)
             self.weights_file = str(path)
             self.weights_sha256 = file_sha256(path)

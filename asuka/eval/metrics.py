@@ -8,6 +8,7 @@ images, ``-10 log10(mse + 1e-7)``, SSIM on the grayscale image with ``data_range
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -166,6 +167,17 @@ _LPIPS_TRUNKS = {
 }
 
 
+def lpips_trunk_file(net: str, lpips_dir: str | None = None) -> Path:
+    """The local torchvision trunk of LPIPS ``net``: in ``paths.lpips_dir`` or the torch cache (never downloaded)."""
+    from asuka.eval.features import resolve_weights_file
+    from asuka.utils.errors import AsukaError
+
+    if net not in _LPIPS_TRUNKS:
+        raise AsukaError(f"metrics.lpips_net={net}: expected one of {', '.join(_LPIPS_TRUNKS)}")
+    name, url = _LPIPS_TRUNKS[net]
+    return resolve_weights_file(lpips_dir, name, url, f"LPIPS {net} trunk", "paths.lpips_dir")
+
+
 def build_lpips(net: str = "alex", weights: str = "pretrained", lpips_dir: str | None = None,
                 device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.nn.Module, dict]:
     """LPIPS v0.1 with its linear heads from the lpips wheel and the trunk from a local torchvision file.
@@ -176,7 +188,7 @@ def build_lpips(net: str = "alex", weights: str = "pretrained", lpips_dir: str |
     """
     import lpips
 
-    from asuka.eval.features import file_sha256, resolve_weights_file
+    from asuka.eval.features import file_sha256
     from asuka.utils.errors import AsukaError
     from asuka.utils.safe_load import load_state_dict
 
@@ -184,10 +196,7 @@ def build_lpips(net: str = "alex", weights: str = "pretrained", lpips_dir: str |
         raise AsukaError(f"metrics.lpips_net={net}: expected one of {', '.join(_LPIPS_TRUNKS)}")
     if weights not in ("pretrained", "random"):
         raise AsukaError(f"metrics.weights={weights}: expected pretrained or random")
-    path = None
-    if weights == "pretrained":
-        name, url = _LPIPS_TRUNKS[net]
-        path = resolve_weights_file(lpips_dir, name, url, f"LPIPS {net} trunk", "paths.lpips_dir")
+    path = lpips_trunk_file(net, lpips_dir) if weights == "pretrained" else None
     # The random trunk (pnet_rand) is drawn from the global generator: seed it without disturbing the caller's.
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)

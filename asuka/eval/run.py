@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.eval import features as feats_mod
-from asuka.eval.metrics import build_lpips, frechet_distance, ids_scores, lpips_metric, psnr, ssim
+from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
+                                psnr, ssim)
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 
 METHODS = ("asuka", "sd", "sd_text", "predictions")
@@ -111,42 +112,55 @@ def _device(cfg: DictConfig) -> torch.device:
 
 
 class _ScoredPairs(torch.utils.data.Dataset):
-    """EvalDataset samples with their prediction attached; errors travel as values so they stay one line."""
+    """EvalDataset samples with their prediction, composite and CPU metrics (PSNR, SSIM, colour error).
 
-    def __init__(self, dataset: torch.utils.data.Dataset, pred_paths: Sequence[Path], items: Sequence[Any]) -> None:
+    The per-image CPU metrics run here, i.e. in the DataLoader workers, in parallel (SSIM is the slow one);
+    LPIPS and Inception run batched on the main process. Errors travel as values so that they stay one line.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, pred_paths: Sequence[Path], items: Sequence[Any],
+                 use_composite: bool, band: int) -> None:
         self.dataset, self.pred_paths, self.items = dataset, list(pred_paths), list(items)
+        self.use_composite, self.band = use_composite, band
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
+        from asuka.data.color import boundary_color_error
         from asuka.data.images import load_image, pil_to_tensor
 
         try:
-            sample = dict(self.dataset[index])
+            sample = self.dataset[index]
             pred_img = load_image(self.pred_paths[index])
         except AsukaError as exc:
             return {"error": str(exc)}
-        image, mask = sample["image"], sample["mask"]
+        gt, mask = sample["image"][None].float(), sample["mask"][None].float()
         item = self.items[index]
-        if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
+        if tuple(mask.shape[-2:]) != tuple(gt.shape[-2:]):
             return {"error": f"{item.mask}: mask is {tuple(mask.shape[-2:])} (HxW) but image {item.image} is "
-                             f"{tuple(image.shape[-2:])} after loading at resolution"}
-        if (pred_img.height, pred_img.width) != tuple(image.shape[-2:]):
+                             f"{tuple(gt.shape[-2:])} after loading at resolution"}
+        if (pred_img.height, pred_img.width) != tuple(gt.shape[-2:]):
             return {"error": f"{self.pred_paths[index]}: prediction is {pred_img.height}x{pred_img.width} (HxW) but "
-                             f"the ground truth {item.image} is {image.shape[-2]}x{image.shape[-1]} at the "
+                             f"the ground truth {item.image} is {gt.shape[-2]}x{gt.shape[-1]} at the "
                              "evaluation resolution"}
-        sample["pred"] = pil_to_tensor(pred_img)
-        sample["index"] = index
-        return sample
+        pred = pil_to_tensor(pred_img)[None]
+        scored = composite(pred, gt, mask) if self.use_composite else pred
+        gt01, sc01 = (gt + 1) / 2, (scored + 1) / 2
+        return {"index": index, "gt": gt[0], "scored": scored[0],
+                "psnr": float(psnr(sc01, gt01)[0]), "ssim": float(ssim(sc01, gt01)[0]),
+                "color_error": float(boundary_color_error(scored, gt, mask, band=self.band)[0]),
+                "hole_fraction": float((mask >= MASK_THRESHOLD).float().mean())}
 
 
 def _collate(batch: list[dict]) -> dict:
     for sample in batch:
         if "error" in sample:
             return {"error": sample["error"]}
-    return {"image": torch.stack([s["image"] for s in batch]), "mask": torch.stack([s["mask"] for s in batch]),
-            "pred": torch.stack([s["pred"] for s in batch]), "index": [s["index"] for s in batch]}
+    out: dict[str, Any] = {k: torch.stack([s[k] for s in batch]) for k in ("gt", "scored")}
+    out.update({k: np.array([s[k] for s in batch]) for k in ("index", "psnr", "ssim", "color_error",
+                                                                "hole_fraction")})
+    return out
 
 
 def load_items(cfg: DictConfig) -> list[Any]:
@@ -177,7 +191,7 @@ def _build_generator_pipeline(cfg: DictConfig, device: torch.device) -> Any:
     if method == "asuka":
         from asuka.pipelines.build import build_pipeline
 
-        pipe = build_pipeline(cfg)
+        pipe = build_pipeline(cfg, device=device)
     else:
         from asuka.pipelines.baselines import load_sd_baseline
 
@@ -201,8 +215,8 @@ def _save_png(img: Any, path: Path) -> None:
             arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         img = Image.fromarray(arr)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    img.convert("RGB").save(tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not an image suffix: never taken for a prediction
+    img.convert("RGB").save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
@@ -328,6 +342,13 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("metrics.weights", f"{cfg.metrics.weights!r}: expected pretrained or random")
 
 
+def _check_weight_files(cfg: DictConfig) -> None:
+    """Fail before hours of generation, not after, when a metric's weights file is missing."""
+    if cfg.metrics.weights == "pretrained":
+        feats_mod.inception_weights_file(cfg.metrics.variant, OmegaConf.select(cfg, "paths.inception"))
+        lpips_trunk_file(str(cfg.metrics.lpips_net), OmegaConf.select(cfg, "paths.lpips_dir"))
+
+
 def _default_run_dir(cfg: DictConfig) -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -339,9 +360,9 @@ def _default_run_dir(cfg: DictConfig) -> Path:
 
 def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> tuple[dict, list[dict]]:
     """All metrics of ``pred_paths`` against ``items``: (results dict, per-image rows)."""
-    from asuka.data.color import boundary_color_error
-    from asuka.data.datasets import EvalDataset
     from tqdm.auto import tqdm
+
+    from asuka.data.datasets import EvalDataset
 
     m = cfg.metrics
     device = _device(cfg)
@@ -367,23 +388,19 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     fake_set = feats_mod.FeatureSet(extractor, fake_hash, res, n, cache_dir)
 
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "color_error", "hole_fraction")}
+    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band))
     loader = torch.utils.data.DataLoader(
-        _ScoredPairs(EvalDataset(items, res), pred_paths, items), batch_size=int(cfg.batch_size), shuffle=False,
-        num_workers=int(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0), collate_fn=_collate)
+        pairs, batch_size=int(cfg.batch_size), shuffle=False, collate_fn=_collate,
+        num_workers=int(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0))
     for batch in tqdm(loader, desc="score", total=len(loader)):
         if "error" in batch:
             raise DataError(batch["error"])
-        idx = np.asarray(batch["index"])
-        gt, mask, pred = batch["image"].float(), batch["mask"].float(), batch["pred"].float()
-        scored = composite(pred, gt, mask) if use_composite else pred
-        gt01, sc01 = (gt + 1) / 2, (scored + 1) / 2
-        per_image["psnr"][idx] = psnr(sc01, gt01).numpy()
-        per_image["ssim"][idx] = ssim(sc01, gt01).numpy()
-        per_image["lpips"][idx] = lpips_metric(lpips_model, scored, gt).numpy()
-        per_image["color_error"][idx] = boundary_color_error(scored, gt, mask, band=int(m.band)).cpu().numpy()
-        per_image["hole_fraction"][idx] = (mask >= MASK_THRESHOLD).float().mean(dim=(1, 2, 3)).numpy()
-        real_set.add(to_uint8(gt))
-        fake_set.add(to_uint8(scored))
+        idx = batch["index"]
+        for key in ("psnr", "ssim", "color_error", "hole_fraction"):
+            per_image[key][idx] = batch[key]
+        per_image["lpips"][idx] = lpips_metric(lpips_model, batch["scored"], batch["gt"]).numpy()
+        real_set.add(to_uint8(batch["gt"]))
+        fake_set.add(to_uint8(batch["scored"]))
     real, fake = real_set.result(), fake_set.result()
 
     min_images = int(m.min_images_for_fid)
@@ -490,6 +507,7 @@ def evaluate(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     return an empty dict.
     """
     _validate(cfg)
+    _check_weight_files(cfg)
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     items = load_items(cfg)
     keys = [item_key(it.name) for it in items]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from timm.models.vision_transformer import Block
@@ -62,17 +61,16 @@ class AlignmentModule(ModelMixin, ConfigMixin):
         return self.norm(x)
 
 
-def fully_masked(mae: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: samples in which every MAE patch has a hole pixel, so the MAE has nothing to encode.
+def null_prior(mae: nn.Module, batch_size: int) -> torch.Tensor:
+    """The prior of a fully masked image, ``[B, L, decoder_embed_dim]``: the MAE decoder run on mask tokens alone.
 
-    Mirrors the MAE's own rule (binarise at 0.5, area-resize to ``img_size`` keeping any hole pixel, then
-    :meth:`patch_mask`).
+    It does not depend on the image (the MAE sees no pixel), so a zero image at the MAE's size stands in for any.
     """
+    param = next(mae.parameters())
     size = int(mae.config.img_size)
-    m = (mask > 0.5).float()
-    if m.shape[-2:] != (size, size):
-        m = (F.adaptive_avg_pool2d(m, (size, size)) > 0).float()
-    return mae.patch_mask(m).bool().all(dim=1)
+    image = torch.zeros(batch_size, 3, size, size, device=param.device, dtype=param.dtype)
+    mask = torch.ones(batch_size, 1, size, size, device=param.device, dtype=param.dtype)
+    return mae.prior(image, mask)
 
 
 def null_condition(
@@ -82,32 +80,18 @@ def null_condition(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Context of a fully masked image: ``alignment(zeros [B, L, in_dim])``.
-
-    The MAE refuses an image with every patch masked (its encoder has no visible token, which gives NaN); the
-    official code replaces that NaN prior by zeros, so the zero prior is what "the prior of a fully masked image"
-    means. It is the unconditional branch of CFG and the latent-augmentation condition.
-    """
+    """Context of a fully masked image, ``alignment(null_prior)``: the unconditional branch of CFG (spec 7) and the
+    latent-augmentation condition."""
     param = next(alignment.parameters())
-    num_tokens = int(mae.config.img_size // mae.config.patch_size) ** 2
-    prior = torch.zeros(batch_size, num_tokens, alignment.config.in_dim, device=param.device, dtype=param.dtype)
-    out = alignment(prior)
+    out = alignment(null_prior(mae, batch_size).to(device=param.device, dtype=param.dtype))
     return out.to(device=device or out.device, dtype=dtype or out.dtype)
 
 
-def encode_condition(mae: nn.Module, alignment: AlignmentModule, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-attention context ``alignment(mae.prior(image, mask))`` of ``image [B,3,H,W] in [-1,1]``, ``mask`` 1 = hole.
+def encode_condition(
+    mae: nn.Module, alignment: AlignmentModule, image: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Cross-attention context ``alignment(mae.prior(image, mask))``; ``image [B,3,H,W]`` in [-1,1], mask 1 = hole.
 
-    The MAE resizes its inputs to its own resolution. Samples whose mask covers every MAE patch get the
-    :func:`null_condition` instead of an error. This is the one place the pipeline and the training stage get the
-    condition from.
+    The MAE resizes both to its own resolution; a fully masked sample gets the :func:`null_condition`.
     """
-    full = fully_masked(mae, mask)
-    if not bool(full.any()):
-        return alignment(mae.prior(image, mask))
-    out = null_condition(mae, alignment, image.shape[0])
-    keep = (~full).nonzero().flatten()
-    if keep.numel():
-        out = out.clone()
-        out[keep] = alignment(mae.prior(image[keep], mask[keep])).to(out.dtype)
-    return out
+    return alignment(mae.prior(image, mask))

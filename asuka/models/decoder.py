@@ -1,4 +1,5 @@
-"""Stage 3: the inpainting-specialised, mask-conditioned decoder (Asymmetric VQGAN, diffusers ``AsymmetricAutoencoderKL``).
+"""Stage 3: the inpainting-specialised, mask-conditioned decoder (Asymmetric VQGAN; diffusers
+``AsymmetricAutoencoderKL``).
 
 The decoder sees the latent AND the known pixels, so it can keep the unmasked region and the colours at the hole
 boundary faithful. It is initialised either from released Asymmetric VQGAN weights or from the SD VAE itself (the
@@ -46,7 +47,8 @@ class AsukaDecoder(AsymmetricAutoencoderKL):
         scale = 2 ** (len(self.config.up_block_out_channels) - 1)
         expected = (z.shape[0], z.shape[-2] * scale, z.shape[-1] * scale)
         if image.ndim != 4 or (image.shape[0], *image.shape[-2:]) != expected:
-            raise ValueError(f"image must be [{expected[0]}, 3, {expected[1]}, {expected[2]}], got {tuple(image.shape)}")
+            shape = f"[{expected[0]}, 3, {expected[1]}, {expected[2]}]"
+            raise ValueError(f"image must be {shape}, got {tuple(image.shape)}")
         if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[-2:] != image.shape[-2:]:
             raise ValueError(f"mask must be [B, 1, H, W] like the image, got {tuple(mask.shape)}")
 
@@ -135,7 +137,9 @@ def _check_matches_vae(kwargs: dict, sd_vae: nn.Module) -> None:
             ) else ""
             raise ConfigError(f"model.decoder.{key}", f"is {ours} but the SD VAE has {theirs}{hint}")
     if not vc.get("mid_block_add_attention", True):
-        raise ConfigError("model.decoder", "the SD VAE has no mid-block attention; AsymmetricAutoencoderKL always has one")
+        raise ConfigError(
+            "model.decoder", "the SD VAE has no mid-block attention; AsymmetricAutoencoderKL always has one"
+        )
 
 
 def copy_sd_vae_weights(decoder: AsukaDecoder, sd_vae: nn.Module) -> list[str]:
@@ -196,6 +200,11 @@ def build_decoder(
         raise ConfigError("model.decoder.source", f"unknown source '{source}' ({' | '.join(_SOURCES)})")
     if source == "pretrained":
         decoder = _load_pretrained(init_path)
+        if sd_vae is not None and int(decoder.config.latent_channels) != int(sd_vae.config.latent_channels):
+            raise AsukaError(
+                f"{init_path}: decoder takes {decoder.config.latent_channels}-channel latents, the SD VAE makes "
+                f"{sd_vae.config.latent_channels}"
+            )
     else:
         if source == "from_sd_vae" and sd_vae is None:
             raise AsukaError("model.decoder.source=from_sd_vae needs the SD VAE (model.sd / paths.sd_inpaint)")

@@ -105,7 +105,9 @@ def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
         return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if _looks_local(path) else " (no network? give a local folder with unet/, vae/, scheduler/ as paths.sd_inpaint)"
+        hint = "" if _looks_local(path) else (
+            " (no network? give a local folder with unet/, vae/, scheduler/ as paths.sd_inpaint)"
+        )
         raise AsukaError(f"{path}: cannot load {subfolder}/ as {cls.__name__}: {first}{hint}") from None
 
 
@@ -146,7 +148,10 @@ def build_tiny_sd(seed: int = 0) -> SDComponents:
 
 
 def load_sd_inpaint(
-    sd_cfg: Any, path: str | os.PathLike | None, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    sd_cfg: Any,
+    path: str | os.PathLike | None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
 ) -> SDComponents:
     """Load the frozen SD-1.5 inpainting UNet, VAE and training noise schedule (``DDPMScheduler``).
 
@@ -239,7 +244,9 @@ def encode_masked_image(
     ``generator`` draws the posterior sample, so its state advances exactly as in diffusers.
     """
     if image.ndim != 4 or mask.ndim != 4 or mask.shape[1] != 1 or image.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(f"expected image [B,3,H,W] and mask [B,1,H,W], got {tuple(image.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected image [B,3,H,W] and mask [B,1,H,W], got {tuple(image.shape)} and {tuple(mask.shape)}"
+        )
     factor = vae_scale_factor(vae)
     height, width = image.shape[-2:]
     mask_latent = F.interpolate(mask.float(), size=(height // factor, width // factor))
@@ -248,6 +255,9 @@ def encode_masked_image(
     return mask_latent.to(device=masked_image_latents.device, dtype=masked_image_latents.dtype), masked_image_latents
 
 
-def unet_input(noisy_latents: torch.Tensor, mask_latent: torch.Tensor, masked_image_latents: torch.Tensor) -> torch.Tensor:
+def unet_input(
+    noisy_latents: torch.Tensor, mask_latent: torch.Tensor, masked_image_latents: torch.Tensor
+) -> torch.Tensor:
     """The 9-channel UNet input: ``[noisy latents (4), mask (1), masked-image latents (4)]`` along channels."""
-    return torch.cat([noisy_latents, mask_latent.to(noisy_latents.dtype), masked_image_latents.to(noisy_latents.dtype)], dim=1)
+    dtype = noisy_latents.dtype
+    return torch.cat([noisy_latents, mask_latent.to(dtype), masked_image_latents.to(dtype)], dim=1)

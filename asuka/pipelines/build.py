@@ -45,12 +45,6 @@ def is_tiny(cfg: DictConfig) -> bool:
     return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
 
 
-def default_device(cfg: DictConfig | None = None) -> torch.device:
-    """CUDA when present, unless ``trainer.cpu`` forces the CPU."""
-    force_cpu = bool(cfg_get(cfg_get(cfg, "trainer"), "cpu", False)) if cfg is not None else False
-    return torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
-
-
 def _tiny_mae(cfg: DictConfig):
     from asuka.models.mae_import import build_mae
 
@@ -106,7 +100,8 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
     cross = int(pipe.unet.config.cross_attention_dim)
     if int(pipe.alignment.config.out_dim) != cross:
         raise ConfigError(
-            "model.alignment.out_dim", f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}"
+            "model.alignment.out_dim",
+            f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}",
         )
     if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
@@ -144,7 +139,9 @@ def build_pipeline(
     if not (_given(mae_path) or tiny):
         raise ConfigError("paths.mae", "the pipeline needs the stage-1 MAE (a final/mae folder or a converted file)")
     if not (_given(align_path) or tiny):
-        raise ConfigError("paths.alignment", "the pipeline needs the stage-2 alignment module (a final/alignment folder)")
+        raise ConfigError(
+            "paths.alignment", "the pipeline needs the stage-2 alignment module (a final/alignment folder)"
+        )
     mae = _load_mae(cfg, mae_path) if _given(mae_path) else _tiny_mae(cfg)
     alignment = _load_alignment(align_path) if _given(align_path) else _tiny_alignment(cfg)
     sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device="cpu")
@@ -181,7 +178,9 @@ def load_pipeline(
     """
     folder = Path(os.path.expanduser(str(path)))
     if not (folder / "model_index.json").is_file():
-        raise AsukaError(f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)")
+        raise AsukaError(
+            f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)"
+        )
     try:
         pipe = AsukaInpaintPipeline.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:

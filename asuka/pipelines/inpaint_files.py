@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
@@ -11,9 +12,16 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from asuka.data.images import IMAGE_EXTENSIONS, list_images, load_image, load_mask
-from asuka.pipelines.build import _given, build_pipeline, default_device, is_tiny, load_pipeline
-from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 from asuka.utils.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
+
+# diffusers and the models are imported only once the inputs are read, so a bad file is reported at once.
+
+
+def _given(value: object) -> bool:
+    return value is not None and str(value) not in ("", "None", "null")
 
 
 def alias_mask_argument(argv: list[str]) -> list[str]:
@@ -57,7 +65,9 @@ def _pairs(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
     return pairs
 
 
-def _pipeline(cfg: DictConfig, device: torch.device) -> AsukaInpaintPipeline:
+def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
+    from asuka.pipelines.build import build_pipeline, is_tiny, load_pipeline
+
     if _given(cfg.get("pipeline")):
         return load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
@@ -66,7 +76,7 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> AsukaInpaintPipeline:
 
 
 def inpaint_one(
-    pipe: AsukaInpaintPipeline,
+    pipe: "AsukaInpaintPipeline",
     image: PIL.Image.Image,
     mask: np.ndarray,
     steps: int,
@@ -102,7 +112,8 @@ def inpaint_one(
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Inpaint every (image, mask) pair of the config with seed ``cfg.seed``; returns the written files."""
     pairs = _pairs(cfg)
-    device = default_device(cfg)
+    force_cpu = bool(cfg.get("trainer", {}).get("cpu", False))
+    device = torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
     pipe = None
     written = []
     for image_path, mask_path, out_path in tqdm(pairs, desc="inpaint", disable=len(pairs) < 2):

@@ -336,7 +336,10 @@ class AsukaInpaintPipeline(DiffusionPipeline):
 
         do_cfg = guidance_scale > 1.0
         dtype = self.unet.dtype
-        cond = prior_embeds.to(device=device, dtype=dtype) if prior_embeds is not None else self.condition_from_tensors(init_image, mask)
+        if prior_embeds is not None:
+            cond = prior_embeds.to(device=device, dtype=dtype)
+        else:
+            cond = self.condition_from_tensors(init_image, mask)
         if cond.shape[0] != batch_size:
             cond = cond.repeat(batch_size // cond.shape[0], 1, 1)
         if do_cfg:
@@ -375,8 +378,8 @@ class AsukaInpaintPipeline(DiffusionPipeline):
                     return_dict=False,
                 )[0]
                 if do_cfg:
-                    uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (text - uncond)
+                    uncond, conditional = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (conditional - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, t, {"latents": latents})

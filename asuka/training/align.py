@@ -42,6 +42,10 @@ class AlignStage(Stage):
         self.sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, frozen_dtype)
         if cfg.align.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
+        if cfg.align.channels_last:
+            self.sd.unet.to(memory_format=torch.channels_last)
+            self.sd.vae.to(memory_format=torch.channels_last)
+        self.unet = torch.compile(self.sd.unet) if cfg.align.compile_unet else self.sd.unet
         self.mae = load_frozen_mae(cfg).to(device)
         self.trainable = {"alignment": AlignmentModule(**cfg.model.alignment).to(device).train()}
 
@@ -74,9 +78,9 @@ class AlignStage(Stage):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, t)
         context = self.trainable["alignment"](prior)
-        unet = self.sd.unet
+        unet, dtype = self.unet, self.sd.unet.dtype
         eps = unet(
-            unet_input(noisy, mask_latent, masked_latents).to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)
+            unet_input(noisy, mask_latent, masked_latents).to(dtype), t, encoder_hidden_states=context.to(dtype)
         ).sample
         loss = F.mse_loss(eps.float(), noise.float())
         return StepOutput({"alignment": loss}, {"p_reconstructed": self.prior_prob(step), "swapped": float(swapped)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -68,8 +69,9 @@ class DecoderStage(Stage):
         self.sd_vae = sd.vae.to(device)
         del sd
         decoder = build_decoder(cfg.model.decoder, self.sd_vae, cfg.paths.get("decoder_init")).to(device).train()
-        discriminator = NLayerDiscriminator(base_channels=int(dcfg.get("disc_channels", 64)), n_layers=int(dcfg.disc_layers))
-        discriminator = discriminator.to(device).train()
+        discriminator = NLayerDiscriminator(
+            base_channels=int(dcfg.get("disc_channels", 64)), n_layers=int(dcfg.disc_layers)
+        ).to(device).train()
         self.trainable = {"decoder": decoder, "discriminator": discriminator}
 
         lpips_model = build_lpips("vgg", cfg.paths.get("lpips_dir"), bool(dcfg.get("lpips_pretrained_trunk", True)))
@@ -122,7 +124,9 @@ class DecoderStage(Stage):
         """
         image = batch["image"]
         use = batch.get("use_latent")
-        use = use.bool().view(-1) if use is not None else torch.zeros(image.shape[0], dtype=torch.bool, device=image.device)
+        if use is None:
+            use = torch.zeros(image.shape[0], dtype=torch.bool, device=image.device)
+        use = use.bool().view(-1)
         need = (~use).nonzero().flatten()
         if "latent" in batch:
             latents = batch["latent"].float().clone()
@@ -181,7 +185,8 @@ class DecoderStage(Stage):
         path = Path(self.run_dir) / "val" / "boundary_color_error.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
-            fh.write(json.dumps({"step": self._last_step, **self.validation_logs}) + "\n")
+            clean = {k: (v if math.isfinite(v) else None) for k, v in self.validation_logs.items()}
+            fh.write(json.dumps({"step": self._last_step, **clean}) + "\n")
 
     def final_modules(self) -> dict[str, torch.nn.Module]:
         """Only the decoder goes to ``final/`` (the discriminator lives in the checkpoints)."""

@@ -150,7 +150,8 @@ class DecoderLoss(nn.Module):
         return self.disc_weight > 0 and step >= self.disc_start
 
     def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-        """||dNLL/dW|| / (||dG/dW|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4], detached, x disc_weight."""
+        """||dNLL/dW|| / (||dG/dW|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4], detached,
+        times disc_weight: the GAN gradient is kept at a fixed ratio to the reconstruction gradient."""
         nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         weight = nll_grad.float().norm() / (g_grad.float().norm() + 1e-4)

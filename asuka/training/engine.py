@@ -85,6 +85,9 @@ class Trainer:
         )
         acc = self.accelerator
         self.batch_size = validate_training_config(cfg, acc.num_processes)
+        if acc.device.type == "cuda" and self.tcfg.get("tf32", True):  # Ampere and newer: TF32 matmuls/convs
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.effective_batch = self.batch_size * acc.num_processes * int(self.tcfg.grad_accum)
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")

@@ -4,7 +4,8 @@ At inference the decoder gets latents the UNet generated, not latents of a real 
 and texture errors. The paper trains the decoder on such latents for half of the images, precomputed offline: a
 one-step x0 estimate of the frozen SD-inpainting UNet at a large timestep, with nothing masked,
 
-    z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps,   z0_hat = (z_t - sqrt(1 - abar_t) eps_theta(z_t, t, m=0, z0, c)) / sqrt(abar_t)
+    z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps
+    z0_hat = (z_t - sqrt(1 - abar_t) eps_theta(z_t, t, m=0, z0, c)) / sqrt(abar_t)
 
 with z0 = E(x) * scaling_factor, the UNet input ``[z_t, zeros mask, z0]`` (the masked-image latent of an unmasked
 image is the image's own latent), t ~ U{t_min..t_max} (500..999, our choice) and c = zeros or the null prior.
@@ -19,15 +20,15 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from asuka.data.images import pil_to_tensor
+from asuka.data.images import load_image, pil_to_tensor
 from asuka.models.sd import unet_input
-from asuka.utils.errors import AsukaError
+from asuka.utils.errors import AsukaError, ConfigError, DataError
 
 INDEX_FILE = "index.json"
 CACHE_VERSION = 1
@@ -123,7 +124,9 @@ class LatentCache:
     def shard_complete(self, shard: int) -> bool:
         return self.shard_path(shard).is_file()
 
-    def write_shard(self, shard: int, latents: dict[int, torch.Tensor], start: int, stop: int, missing: list[int]) -> None:
+    def write_shard(
+        self, shard: int, latents: dict[int, torch.Tensor], start: int, stop: int, missing: list[int]
+    ) -> None:
         """Write one shard atomically: a temporary file in the same folder, fsync, rename."""
         from safetensors.torch import save_file
 
@@ -164,7 +167,9 @@ class LatentCache:
 
     # -- reading
     @classmethod
-    def open(cls, root: str | os.PathLike, num_items: int | None = None, resolution: int | None = None) -> "LatentCache":
+    def open(
+        cls, root: str | os.PathLike, num_items: int | None = None, resolution: int | None = None
+    ) -> "LatentCache":
         """Open a finished cache for training; AsukaError when it is missing, unfinished or made for other data."""
         cache = cls(root)
         meta = cache.read_index()
@@ -262,9 +267,6 @@ class _FixedCropImages(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
-        from asuka.data.images import load_image
-        from asuka.utils.errors import DataError
-
         index = self.indices[i]
         try:
             return index, fixed_crop(load_image(self.items[index].image), self.resolution)
@@ -273,6 +275,7 @@ class _FixedCropImages(torch.utils.data.Dataset):
 
 
 def _keep_lists(batch: list) -> list:
+    """DataLoader collate that keeps ``(index, image or None)`` pairs as they are."""
     return batch
 
 
@@ -304,8 +307,6 @@ def latent_condition(cfg: Any, batch_size: int, unet: torch.nn.Module, device: t
     if kind == "zeros":
         return torch.zeros(batch_size, 77, dim, device=device)
     if kind != "null_prior":
-        from asuka.utils.errors import ConfigError
-
         raise ConfigError("condition", f"unknown latent-augmentation condition '{kind}' (zeros | null_prior)")
     from asuka.models.alignment import AlignmentModule, null_condition
 
@@ -332,22 +333,18 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     from asuka.models.sd import load_sd_inpaint
 
     if int(cfg.t_min) < 0 or int(cfg.t_max) < int(cfg.t_min):
-        from asuka.utils.errors import ConfigError
-
         raise ConfigError("t_min", f"need 0 <= t_min <= t_max, got {cfg.t_min}..{cfg.t_max}")
+    if str(cfg.dtype) not in ("float16", "bfloat16", "float32"):
+        raise ConfigError("dtype", f"must be float16, bfloat16 or float32, got {cfg.dtype!r}")
     state = PartialState(cpu=bool(cfg.get("cpu", False)))
     device = state.device
     items = build_image_source(cfg.dataset, "train")
     sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device)
     if int(cfg.t_max) >= len(sd.scheduler.alphas_cumprod):
-        from asuka.utils.errors import ConfigError
-
         raise ConfigError("t_max", f"must be < {len(sd.scheduler.alphas_cumprod)} (the scheduler's timesteps)")
     resolution = int(cfg.resolution)
     factor = 2 ** (len(sd.vae.config.block_out_channels) - 1)
     if resolution % factor:
-        from asuka.utils.errors import ConfigError
-
         raise ConfigError("resolution", f"must be divisible by {factor}")
     latent_shape = (int(sd.vae.config.latent_channels), resolution // factor, resolution // factor)
     cache = LatentCache(cfg.out)
@@ -376,7 +373,9 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     writer = ShardWriter(cache, len(items), shard_size, getattr(torch, str(cfg.dtype)))
     cond_one = latent_condition(cfg, 1, sd.unet, device)
     scaling = float(sd.vae.config.scaling_factor)
-    bar = tqdm(total=len(indices), disable=not state.is_local_main_process, desc=f"latent aug (rank {state.process_index})")
+    bar = tqdm(
+        total=len(indices), disable=not state.is_local_main_process, desc=f"latent aug (rank {state.process_index})"
+    )
     with torch.no_grad():
         for batch in loader:
             good = [(i, x) for i, x in batch if x is not None]
@@ -384,7 +383,9 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
             if good:
                 pixels = torch.stack([x for _, x in good]).to(device=device, dtype=sd.vae.dtype)
                 z0 = sd.vae.encode(pixels).latent_dist.mode().float() * scaling
-                draws = [item_randomness(int(cfg.seed), i, int(cfg.t_min), int(cfg.t_max), latent_shape) for i, _ in good]
+                draws = [
+                    item_randomness(int(cfg.seed), i, int(cfg.t_min), int(cfg.t_max), latent_shape) for i, _ in good
+                ]
                 t = torch.tensor([d[0] for d in draws], device=device)
                 noise = torch.stack([d[1] for d in draws]).to(device)
                 cond = cond_one.expand(len(good), -1, -1)
@@ -445,9 +446,6 @@ class DecoderTrainDataset(torch.utils.data.Dataset):
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, index, 3])))
 
     def _cached_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any] | None:
-        from asuka.data.images import load_image
-        from asuka.utils.errors import DataError
-
         latent = self.cache.get(index)
         if latent is None:
             return None

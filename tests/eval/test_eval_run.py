@@ -20,10 +20,15 @@ N_IMAGES = 6
 SIZE = 64
 
 
-def _make_folder(root: Path, n: int = N_IMAGES, size: int = SIZE) -> dict[str, Path]:
-    """Ground truth, masks and predictions with holes of different sizes; predictions differ only in the hole."""
+def _make_folder(root: Path, n: int = N_IMAGES, size: int = SIZE, names: list[str] | None = None,
+                 misato: bool = False) -> dict[str, Path]:
+    """Ground truth, masks and predictions with holes of different sizes; predictions differ only in the hole.
+
+    ``misato`` lays the ground truth out as MISATO does (``root/image``, ``root/mask``)."""
     rng = np.random.default_rng(0)
-    dirs = {k: root / k for k in ("images", "masks", "preds")}
+    names = names or [f"img{i:02d}" for i in range(n)]
+    sub = {"images": "image", "masks": "mask", "preds": "preds"} if misato else {}
+    dirs = {k: root / sub.get(k, k) for k in ("images", "masks", "preds")}
     for d in dirs.values():
         d.mkdir(parents=True)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -36,16 +41,16 @@ def _make_folder(root: Path, n: int = N_IMAGES, size: int = SIZE) -> dict[str, P
         pred = gt.copy()
         pred[mask > 0] = rng.integers(0, 256, size=(int((mask > 0).sum()), 3), dtype=np.uint8)
         pred[mask == 0] = np.clip(gt[mask == 0].astype(int) + 3, 0, 255)  # outside the hole: removed by compositing
-        Image.fromarray(gt).save(dirs["images"] / f"img{i:02d}.png")
-        Image.fromarray(mask).save(dirs["masks"] / f"img{i:02d}.png")
-        Image.fromarray(pred).save(dirs["preds"] / f"img{i:02d}.png")
+        Image.fromarray(gt).save(dirs["images"] / f"{names[i]}.png")
+        Image.fromarray(mask).save(dirs["masks"] / f"{names[i]}.png")
+        Image.fromarray(pred).save(dirs["preds"] / f"{names[i]}.png")
     return dirs
 
 
-def _cfg(dirs: dict[str, Path], tmp_path: Path, *extra: str):
+def _cfg(dirs: dict[str, Path], tmp_path: Path, *extra: str, dataset: list[str] | None = None):
+    dataset = dataset or ["dataset=folder", f"dataset.root={dirs['images']}", f"dataset.mask_root={dirs['masks']}"]
     return compose_config("eval", [
-        "dataset=folder", f"dataset.root={dirs['images']}", f"dataset.mask_root={dirs['masks']}",
-        "method=predictions", f"predictions_dir={dirs['preds']}", "metrics.weights=random",
+        *dataset, "method=predictions", f"predictions_dir={dirs['preds']}", "metrics.weights=random",
         f"metrics.cache_dir={tmp_path / 'cache'}", f"resolution={SIZE}", "batch_size=4", "trainer.cpu=true",
         "trainer.num_workers=0", *extra])
 
@@ -74,6 +79,7 @@ def test_composite_keeps_known_pixels_exactly():
     assert torch.equal(to_uint8(out)[~hole], to_uint8(gt)[~hole])
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_with_random_weights(tmp_path):
     dirs = _make_folder(tmp_path / "data")
     cfg = _cfg(dirs, tmp_path, "metrics.min_images_for_fid=3")
@@ -106,9 +112,12 @@ def test_evaluate_end_to_end_with_random_weights(tmp_path):
     assert all(float(r["lpips"]) > 0 and float(r["psnr"]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_second_run_reads_features_from_the_cache(tmp_path, monkeypatch):
-    dirs = _make_folder(tmp_path / "data", n=4)
-    cfg = _cfg(dirs, tmp_path)
+    """On MISATO's layout, with two domains; the second run computes no Inception features at all."""
+    dirs = _make_folder(tmp_path / "misato", n=4, names=["0000", "0001", "0500", "0501"], misato=True)
+    cfg = _cfg(dirs, tmp_path, "metrics.min_images_for_fid=2",
+               dataset=["dataset=misato", f"dataset.root={tmp_path / 'misato'}"])
     calls = {"n": 0}
     original = F.InceptionFeatures.forward
 
@@ -119,6 +128,10 @@ def test_second_run_reads_features_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(F.InceptionFeatures, "forward", counting)
     first = evaluate(cfg, tmp_path / "run1")
     assert calls["n"] > 0 and not first["meta"]["feature_cache"]["ground_truth_hit"]
+    assert first["meta"]["dataset"] == "misato"
+    assert {k: v["count"] for k, v in first["by_domain"].items()} == {"indoor": 2, "landscape": 2}
+    assert all(v["fid"] is not None and v["p_ids"] is not None for v in first["by_domain"].values())
+    assert "By domain" in (tmp_path / "run1" / "results.md").read_text()
     calls["n"] = 0
     second = evaluate(cfg, tmp_path / "run2")
     assert calls["n"] == 0
@@ -126,8 +139,8 @@ def test_second_run_reads_features_from_the_cache(tmp_path, monkeypatch):
     assert second["metrics"]["fid"] == first["metrics"]["fid"]
     assert second["metrics"]["p_ids"] == first["metrics"]["p_ids"]
     # a changed prediction recomputes that set only; the ground truth stays cached
-    img = Image.open(dirs["preds"] / "img00.png")
-    img.transpose(Image.FLIP_LEFT_RIGHT).save(dirs["preds"] / "img00.png")
+    img = Image.open(dirs["preds"] / "0000.png")
+    img.transpose(Image.FLIP_LEFT_RIGHT).save(dirs["preds"] / "0000.png")
     third = evaluate(cfg, tmp_path / "run3")
     assert calls["n"] > 0
     assert third["meta"]["feature_cache"]["ground_truth_hit"] and not third["meta"]["feature_cache"]["predictions_hit"]
@@ -158,3 +171,62 @@ def test_eval_config_composes_for_every_dataset_and_method():
     cfg = compose_config("eval", ["method=sd_text"])
     assert cfg.method.prompt == "background" and cfg.metrics.variant == "tf_inception"
     assert cfg.hydra.run.dir.startswith("outputs/eval/places2/")
+
+
+@pytest.mark.slow
+def test_generation_is_resumable_and_seeded_per_image(tmp_path, monkeypatch):
+    """method=sd with tiny random SD: every image written once; a deleted one comes back the same."""
+    from asuka.eval import run as run_mod
+
+    dirs = _make_folder(tmp_path / "data", n=3)
+    cfg = _cfg(dirs, tmp_path, "model=tiny", "method=sd", "num_inference_steps=2", "batch_size=2")
+    items = run_mod.load_items(cfg)
+    out = tmp_path / "preds"
+    run_mod.generate_predictions(cfg, items, out)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["img00.png", "img01.png", "img02.png"]
+    before = np.asarray(Image.open(out / "img01.png"), dtype=np.int16)
+    assert before.shape == (SIZE, SIZE, 3)
+
+    calls = []
+    build = run_mod._build_generator_pipeline
+
+    def counting_build(cfg_, device):
+        pipe = build(cfg_, device)
+
+        def call(**kwargs):
+            calls.append(len(kwargs["image"]))
+            return pipe(**kwargs)
+        return call
+
+    monkeypatch.setattr(run_mod, "_build_generator_pipeline", counting_build)
+    (out / "img01.png").unlink()
+    run_mod.generate_predictions(cfg, items, out)
+    assert calls == [1]                          # only the missing image is generated again
+    after = np.asarray(Image.open(out / "img01.png"), dtype=np.int16)
+    assert np.abs(after - before).max() <= 2     # seed + index, whatever the batch it falls in
+    calls.clear()
+    run_mod.generate_predictions(cfg, items, out)
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_evaluate_generates_with_the_tiny_asuka_pipeline(tmp_path):
+    dirs = _make_folder(tmp_path / "data", n=3)
+    cfg = _cfg(dirs, tmp_path, "model=tiny", "method=asuka", "num_inference_steps=2", "predictions_dir=null")
+    results = evaluate(cfg, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == [
+        "img00.png", "img01.png", "img02.png"]
+    assert results["meta"]["method"] == "asuka" and results["meta"]["num_inference_steps"] == 2
+    assert math.isfinite(results["metrics"]["fid"]) and math.isfinite(results["metrics"]["lpips"])
+
+
+def test_missing_metric_weights_fail_before_any_work(tmp_path, monkeypatch):
+    from asuka.eval import run as run_mod
+    from asuka.utils.errors import AsukaError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setattr(run_mod, "load_items", lambda cfg: pytest.fail("data loaded before the weights check"))
+    dirs = _make_folder(tmp_path / "data", n=1)
+    with pytest.raises(AsukaError, match="weights-inception-2015-12-05-6726825d.pth"):
+        evaluate(_cfg(dirs, tmp_path, "metrics.weights=pretrained"), tmp_path / "run")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asuka.models.alignment import AlignmentModule, encode_condition, fully_masked, null_condition
+from asuka.models.alignment import AlignmentModule, encode_condition, null_condition, null_prior
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.utils.errors import ConfigError
 
@@ -57,19 +57,29 @@ def test_gradients_reach_every_parameter() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_condition_helpers_handle_fully_masked_samples() -> None:
+def test_condition_helpers_and_the_null_condition() -> None:
     torch.manual_seed(0)
     mae = MaskedAutoencoderViT(**TINY_MAE).eval()
     align = AlignmentModule(**TINY).eval()
     image = torch.rand(2, 3, 64, 64) * 2 - 1
     mask = torch.zeros(2, 1, 64, 64)
     mask[0, :, 10:30, 10:30] = 1
-    mask[1] = 1  # nothing visible: the MAE refuses it, the helper gives the null condition
-    assert fully_masked(mae, mask).tolist() == [False, True]
+    mask[1] = 1  # nothing visible: the null condition
     with torch.no_grad():
         cond = encode_condition(mae, align, image, mask)
         null = null_condition(mae, align, 2)
-        alone = align(mae.prior(image[:1], mask[:1]))
-    assert cond.shape == null.shape == (2, 16, 32)
-    assert torch.allclose(cond[1], null[1]) and torch.allclose(null[0], null[1])
-    assert torch.allclose(cond[0], alone[0], atol=1e-6)
+        prior = null_prior(mae, 2)
+    assert cond.shape == null.shape == (2, 16, 32) and prior.shape == (2, 16, 32)
+    assert torch.allclose(cond[1], null[1], atol=1e-5) and torch.allclose(null[0], null[1])
+    assert torch.allclose(cond[0], align(mae.prior(image[:1], mask[:1]))[0], atol=1e-6)
+    assert not torch.allclose(cond[0], null[0])
+
+
+def test_alignment_trains_on_a_frozen_prior() -> None:
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderViT(**TINY_MAE).eval().requires_grad_(False)
+    align = AlignmentModule(**TINY)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :16, :] = 1
+    encode_condition(mae, align, torch.zeros(1, 3, 32, 32), mask).pow(2).mean().backward()
+    assert align.proj.weight.grad is not None and not any(p.grad is not None for p in mae.parameters())

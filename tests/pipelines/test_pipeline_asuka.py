@@ -232,7 +232,7 @@ def test_grayscale_rgba_and_16bit_inputs(pipe) -> None:
 def test_tensor_and_numpy_inputs_match_pil(pipe) -> None:
     image, mask = _image(), _mask()
     expected = _run(pipe, image, mask)
-    as_np = np.asarray(image)
+    as_np = np.array(image)
     as_pt = torch.from_numpy(as_np).permute(2, 0, 1)[None].float() / 255.0  # diffusers convention: [0, 1]
     m = torch.from_numpy(np.asarray(mask) / 255.0).float()[None, None]
     assert np.abs(_run(pipe, as_np, np.asarray(mask)) - expected).max() < 1e-5
@@ -296,3 +296,28 @@ def test_user_mistakes(pipe, cfg) -> None:
     paper = compose_config("inpaint", [])
     with pytest.raises(ConfigError, match="paths.mae"):
         build_pipeline(paper)
+
+
+def test_build_from_stage_folders(pipe_with_decoder, tmp_path) -> None:
+    p = pipe_with_decoder
+    for name in ("unet", "vae"):
+        getattr(p, name).save_pretrained(tmp_path / "sd" / name)
+    p.scheduler.save_pretrained(tmp_path / "sd" / "scheduler")
+    p.mae.save_pretrained(tmp_path / "mae")
+    p.alignment.save_pretrained(tmp_path / "alignment")
+    p.decoder.save_pretrained(tmp_path / "decoder")
+    cfg = compose_config("export_pipeline", [
+        "model=tiny", "model.sd.source=pretrained", f"sd={tmp_path / 'sd'}", f"mae={tmp_path / 'mae'}",
+        f"alignment={tmp_path / 'alignment'}", f"decoder={tmp_path / 'decoder'}",
+    ])
+    built = build_pipeline(cfg)
+    built.set_progress_bar_config(disable=True)
+    assert np.array_equal(_run(built, _image(), _mask()), _run(p, _image(), _mask()))
+
+    from asuka.models.alignment import AlignmentModule
+
+    AlignmentModule(in_dim=32, out_dim=64, depth=1, num_heads=2).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ConfigError, match="model.alignment.out_dim.*cross-attention width is 32"):
+        build_pipeline(compose_config("export_pipeline", ["model=tiny", f"alignment={tmp_path / 'wide'}"]))
+    with pytest.raises(AsukaError, match="not an alignment-module folder"):
+        build_pipeline(compose_config("export_pipeline", ["model=tiny", f"alignment={tmp_path / 'nothing'}"]))

@@ -161,9 +161,9 @@ def test_overfit_one_image_lowers_boundary_color_error(tmp_path, repo):
         "decoder_train.disc_start=100000",
         "optim.lr=2e-3",
         "optim.schedule=constant",
-        "trainer.max_steps=60",
-        "trainer.val_every=60",
-        "trainer.checkpoint_every=60",
+        "trainer.max_steps=40",
+        "trainer.val_every=40",
+        "trainer.checkpoint_every=40",
     )
     train(cfg, tmp_path / "run")
 
@@ -177,4 +177,5 @@ def test_overfit_one_image_lowers_boundary_color_error(tmp_path, repo):
         z = vae.encode(image).latent_dist.mode()
         err_before = boundary_color_error(before.decode(z, image=image, mask=mask).sample, image, mask).item()
         err_after = boundary_color_error(after.decode(z, image=image, mask=mask).sample, image, mask).item()
+    print(f"boundary dE before {err_before:.2f}, after {err_after:.2f}")
     assert err_after < 0.6 * err_before, (err_before, err_after)

@@ -1,0 +1,495 @@
+"""The benchmark tasks: inference overhead of ASUKA over SD-inpainting, training-step throughput and MFU of the three
+stages, and mask-generator speed.
+
+Each task measures the package's real code path, not a re-implementation of it: the inference task calls
+``AsukaInpaintPipeline`` and diffusers' ``StableDiffusionInpaintPipeline`` on the same UNet, VAE and scheduler; the
+training tasks build the real stage (``MaeStage``, ``AlignStage``, ``DecoderStage``) from the composed stage config
+and time its ``training_step`` plus the optimizer update the engine does. Only the weight loaders are replaced, by
+random weights of the same architecture (``model=sd15``), so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+import numpy as np
+import PIL.Image
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asuka.benchmark import models as bm
+from asuka.benchmark.timing import (
+    count_flops,
+    mfu,
+    peak_bf16_flops,
+    peak_memory,
+    reset_peak_memory,
+    summarize,
+    synchronize,
+    time_fn,
+    time_runs,
+)
+from asuka.utils.errors import AsukaError, ConfigError
+
+TASKS = ("inference", "train_mae", "train_align", "train_decoder", "masks")
+# The paper's setting of each task, used when size / steps are not given.
+DEFAULT_SIZE = {"inference": 512, "train_mae": 256, "train_align": 512, "train_decoder": 256, "masks": 512}
+DEFAULT_STEPS = 50  # DDIM steps (spec 7)
+STAGE_CONFIG = {"train_mae": "train_mae", "train_align": "train_align", "train_decoder": "train_decoder"}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_MIXED = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class BenchEnv:
+    """The resolved run settings every task reads."""
+
+    task: str
+    model: str
+    device: torch.device
+    dtype: torch.dtype
+    size: int
+    steps: int
+    batch: int | None
+    warmup: int
+    repeats: int
+    seed: int
+
+
+def resolve_env(cfg: DictConfig) -> BenchEnv:
+    """Check the keys of ``configs/benchmark.yaml`` and fill the ``auto`` / ``null`` ones."""
+    task = str(cfg.task)
+    if task not in TASKS:
+        raise ConfigError("task", f"unknown task '{task}', expected one of {', '.join(TASKS)}")
+    model = bm.check_model_name(str(cfg.model))
+    device_name = str(cfg.device)
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name not in ("cpu", "cuda") and not device_name.startswith("cuda:"):
+        raise ConfigError("device", f"unknown device '{device_name}', expected auto, cpu or cuda")
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda asked for, but torch.cuda.is_available() is False on this machine")
+    device = torch.device(device_name)
+    dtype_name = str(cfg.dtype)
+    if dtype_name == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif dtype_name in _DTYPES:
+        dtype = _DTYPES[dtype_name]
+    else:
+        raise ConfigError("dtype", f"unknown dtype '{dtype_name}', expected auto, float32, bfloat16 or float16")
+    size = int(cfg.size) if cfg.get("size") is not None else DEFAULT_SIZE[task]
+    if size < 8 or size % 8:
+        raise ConfigError("size", f"must be a positive multiple of 8 (the VAE factor), got {size}")
+    steps = int(cfg.steps) if cfg.get("steps") is not None else DEFAULT_STEPS
+    batch = int(cfg.batch) if cfg.get("batch") is not None else None
+    repeats, warmup = int(cfg.repeats), int(cfg.warmup)
+    if repeats < 1 or warmup < 0 or steps < 1 or (batch is not None and batch < 1):
+        raise ConfigError("repeats", "repeats, steps and batch must be >= 1 and warmup >= 0")
+    return BenchEnv(task, model, device, dtype, size, steps, batch, warmup, repeats, int(cfg.seed))
+
+
+def run_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Dispatch to the task function; returns its figures."""
+    return {"inference": inference, "train_mae": train_mae, "train_align": train_align,
+            "train_decoder": train_decoder, "masks": masks}[env.task](cfg, env)
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def inference_inputs(size: int, seed: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """A noise image and a centred box mask covering a quarter of it (white = hole), as PIL like a user passes."""
+    rng = np.random.default_rng(seed)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return image, PIL.Image.fromarray(mask)
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to the device, casting only when the dtype differs (diffusers warns on every ``.to(dtype=...)``)."""
+    current = next(module.parameters()).dtype
+    return module.to(device=device) if current == dtype else module.to(device=device, dtype=dtype)
+
+
+def _finite(images: Any) -> bool:
+    arr = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images, dtype=np.float32))
+    return bool(torch.isfinite(arr.float()).all())
+
+
+def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """ASUKA vs SD-1.5 inpainting sampling on the SAME UNet/VAE/scheduler, same size, steps and seed.
+
+    Both get guidance 1 (ASUKA's setting; SD then runs no unconditional branch either) unless
+    ``inference.guidance_scale`` says otherwise; SD gets fixed ``prompt_embeds`` and no text encoder, so the ratio
+    isolates ASUKA's extra work: MAE prior + alignment (and, optionally, the mask-conditioned decoder).
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from asuka.models.sd import build_inference_scheduler
+    from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
+
+    icfg = cfg.get("inference") or {}
+    output_type = str(icfg.get("output_type", "np"))
+    guidance = float(icfg.get("guidance_scale", 1.0))
+    t0 = time.perf_counter()
+    built = bm.build_inference_models(env.model, env.seed)
+    sd, device, dtype = built.sd, env.device, env.dtype
+    for module in (sd.unet, sd.vae, built.mae, built.alignment):
+        _place(module, device, dtype)
+    scheduler = build_inference_scheduler(sd.scheduler.config)  # DDIM on SD's schedule, shared by both pipelines
+
+    asuka = AsukaInpaintPipeline(vae=sd.vae, unet=sd.unet, scheduler=scheduler, mae=built.mae,
+                                 alignment=built.alignment, decoder=None)
+    sd_pipe = StableDiffusionInpaintPipeline(vae=sd.vae, text_encoder=None, tokenizer=None, unet=sd.unet,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipes: dict[str, Any] = {"asuka": asuka, "sd_inpaint": sd_pipe}
+    decoder_error = None
+    if bool(icfg.get("with_decoder", False)):
+        try:
+            decoder = _place(_decoder_for_vae(built.model_cfg, sd.vae), device, dtype).eval()
+            pipes["asuka_decoder"] = AsukaInpaintPipeline(vae=sd.vae, unet=sd.unet, scheduler=scheduler,
+                                                          mae=built.mae, alignment=built.alignment, decoder=decoder)
+        except AsukaError as exc:
+            decoder_error = str(exc)
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+    build_s = time.perf_counter() - t0
+
+    image, mask = inference_inputs(env.size, env.seed)
+    width = int(sd.unet.config.cross_attention_dim)
+    embeds_kind = str(icfg.get("prompt_embeds", "zeros"))
+    if embeds_kind == "random":
+        prompt_embeds = torch.randn((1, 77, width), generator=torch.Generator().manual_seed(env.seed))
+    elif embeds_kind == "zeros":
+        prompt_embeds = torch.zeros(1, 77, width)
+    else:
+        raise ConfigError("inference.prompt_embeds", f"must be zeros or random, got '{embeds_kind}'")
+    prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)  # SD's [B, 77, 768] text context, no encoder
+    common = dict(image=image, mask_image=mask, height=env.size, width=env.size,
+                  num_inference_steps=env.steps, guidance_scale=guidance, output_type=output_type)
+    outputs: dict[str, Any] = {}
+
+    def call(name: str) -> Callable[[], None]:
+        def fn() -> None:
+            generator = torch.Generator().manual_seed(env.seed)  # the same draws in every run and pipeline
+            extra: dict[str, Any] = {}
+            if name == "sd_inpaint":
+                extra = {"prompt_embeds": prompt_embeds, "strength": 1.0}
+                if guidance > 1.0:
+                    extra["negative_prompt_embeds"] = torch.zeros_like(prompt_embeds)
+            outputs[name] = pipes[name](**common, **extra, generator=generator).images
+        return fn
+
+    with torch.inference_mode():
+        stats = time_runs({name: call(name) for name in pipes}, env.warmup, env.repeats, device)
+        prior = time_fn(lambda: asuka.encode_prior(image, mask, env.size, env.size), 1, env.repeats, device)
+
+    a, s = stats["asuka"], stats["sd_inpaint"]
+    per_round = [ta / ts for ta, ts in zip(a.times, s.times)]
+    result: dict[str, Any] = {
+        **a.as_dict("asuka_s_"),
+        **s.as_dict("sd_inpaint_s_"),
+        "ratio": a.median / s.median,
+        "overhead_pct": (a.median / s.median - 1.0) * 100.0,
+        "ratio_per_round": per_round,
+        "ratio_per_round_min": min(per_round),
+        "ratio_per_round_max": max(per_round),
+        **prior.as_dict("asuka_prior_s_"),
+        "output_type": output_type,
+        "guidance_scale": guidance,
+        "outputs_finite": all(_finite(v) for v in outputs.values()),
+        "build_s": build_s,
+        "parameters_m": {
+            "unet": bm.parameter_count(sd.unet) / 1e6,
+            "vae": bm.parameter_count(sd.vae) / 1e6,
+            "mae": bm.parameter_count(built.mae) / 1e6,
+            "alignment": bm.parameter_count(built.alignment) / 1e6,
+        },
+    }
+    if "asuka_decoder" in stats:
+        d = stats["asuka_decoder"]
+        result.update(d.as_dict("asuka_decoder_s_"), ratio_with_decoder=d.median / s.median)
+        result["parameters_m"]["decoder"] = bm.parameter_count(pipes["asuka_decoder"].decoder) / 1e6
+    if decoder_error is not None:
+        result["decoder_error"] = decoder_error
+    return result
+
+
+def _decoder_for_vae(model_cfg: DictConfig, sd_vae: torch.nn.Module) -> torch.nn.Module:
+    """The stage-3 decoder from ``model.decoder``, initialised from the SD VAE as training does."""
+    return bm.build_decoder(model_cfg, sd_vae)
+
+
+# ------------------------------------------------------------------------------------------------- training
+def compose_stage_config(name: str, overrides: list[str]) -> DictConfig:
+    """``configs/<name>.yaml`` composed with ``overrides``: inside a Hydra app through its compose API, else from
+    the checkout's configs folder."""
+    import hydra
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import asuka.utils.cli  # noqa: F401  (resolvers of configs/paths)
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra.compose(config_name=name, overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(bm.configs_dir())):
+        return compose(config_name=name, overrides=overrides)
+
+
+def stage_overrides(cfg: DictConfig, env: BenchEnv) -> list[str]:
+    """The stage config the benchmark times: the paper (or tiny) models, the shipped samples as data, no tracker,
+    the benchmark's precision, size and batch; then the user's ``train.stage_overrides``."""
+    mixed = _MIXED[env.dtype]
+    out = [
+        f"model={bm.MODEL_CONFIG_NAMES[env.model]}",
+        "dataset=samples",
+        "logger=none",
+        f"trainer.mixed_precision={mixed}",
+        f"trainer.cpu={str(env.device.type == 'cpu').lower()}",
+        f"resolution={env.size}",
+        "trainer.num_workers=0",
+    ]
+    if env.batch is not None:
+        out.append(f"trainer.batch_size={env.batch}")
+    if env.task == "train_decoder":
+        # no latent cache on a benchmark box: every latent is encoded (the costlier case); random LPIPS trunk
+        # (same compute as the VGG weights, nothing to download)
+        out += ["decoder_train.latent_aug_prob=0", "decoder_train.lpips_pretrained_trunk=false"]
+    train_cfg = cfg.get("train") or {}
+    return out + [str(o) for o in (train_cfg.get("stage_overrides") or [])]
+
+
+@contextlib.contextmanager
+def random_weight_loaders(env: BenchEnv) -> Iterator[None]:
+    """For ``model=sd15``, replace the weight loaders the stage modules call by random weights of the same
+    architecture (same signature, same device / dtype handling); ``model=tiny`` uses the real tiny loaders."""
+    if env.model != "sd15":
+        yield
+        return
+    from asuka.models.sd import resolve_dtype
+
+    def load_sd(sd_cfg: Any, path: Any, device: Any = "cpu", dtype: Any = None) -> Any:
+        sd = bm.build_sd("sd15", env.seed)
+        dt = resolve_dtype(dtype if dtype is not None else sd_cfg.get("dtype", "float32"))
+        for module in (sd.unet, sd.vae):
+            _place(module, torch.device(device), dt).requires_grad_(False).eval()
+        return sd
+
+    def load_mae(cfg: Any, path: Any = None) -> Any:
+        return bm.build_mae(bm.model_config("sd15"), env.seed).requires_grad_(False).eval()
+
+    targets = {"train_align": {"load_sd_inpaint": load_sd, "load_frozen_mae": load_mae},
+               "train_decoder": {"load_sd_inpaint": load_sd}}.get(env.task, {})
+    module = _stage_module(env.task)
+    with contextlib.ExitStack() as stack:
+        for name, fake in targets.items():
+            if not hasattr(module, name):
+                raise AsukaError(f"{module.__name__} no longer imports {name}; update asuka/benchmark/tasks.py")
+            stack.enter_context(mock.patch.object(module, name, fake))
+        yield
+
+
+def _stage_module(task: str) -> Any:
+    import importlib
+
+    return importlib.import_module({"train_mae": "asuka.training.mae", "train_align": "asuka.training.align",
+                                    "train_decoder": "asuka.training.decoder"}[task])
+
+
+def _stage_class(task: str) -> type:
+    module = _stage_module(task)
+    return {"train_mae": getattr(module, "MaeStage", None), "train_align": getattr(module, "AlignStage", None),
+            "train_decoder": getattr(module, "DecoderStage", None)}[task]
+
+
+def _build_optimizers(stage: Any, cfg: DictConfig, effective_batch: int) -> tuple[list, list]:
+    """The engine's optimizers and LR schedules for the stage (asuka.training.optim, same groups and lr rule)."""
+    from asuka.training.optim import build_optimizer, build_scheduler, param_groups, resolve_lr
+
+    optimizers, schedulers = [], []
+    for spec in stage.optimizers():
+        lr = resolve_lr(spec.cfg, effective_batch)
+        modules = {name: stage.trainable[name] for name in spec.modules}
+        groups = param_groups(modules, float(spec.cfg.get("weight_decay", 0.0)), lr, spec.lr_scale)
+        opt = build_optimizer(groups, spec.cfg)
+        optimizers.append(opt)
+        schedulers.append(build_scheduler(opt, spec.cfg, int(cfg.trainer.max_steps), lr))
+    return optimizers, schedulers
+
+
+def _real_batch(stage: Any, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """One batch from the stage's own dataset and collate (the shipped samples, cycled), on the device."""
+    dataset = stage.train_dataset()
+    items = [dataset[(0, i % len(dataset))] for i in range(batch_size)]
+    batch = dataset.collate(items)
+    batch.pop("bad", None)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _data_seconds_per_sample(stage: Any, n: int) -> float:
+    """Median seconds to produce one training sample (decode, crop, mask) in this process: one loader worker."""
+    dataset = stage.train_dataset()
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        dataset[(1, i % len(dataset))]
+        times.append(time.perf_counter() - start)
+    return summarize(times).median
+
+
+def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Build the real stage, then time ``training_step`` + backward + clip + optimizer/scheduler step + zero_grad,
+    as ``asuka.training.engine.Trainer.train_step`` does for one micro-batch with ``grad_accum=1``."""
+    t0 = time.perf_counter()
+    stage_cfg = compose_stage_config(STAGE_CONFIG[env.task], stage_overrides(cfg, env))
+    batch_size = int(stage_cfg.trainer.batch_size)
+    mixed = str(stage_cfg.trainer.mixed_precision)
+    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
+    if env.device.type == "cuda" and stage_cfg.trainer.get("tf32", True):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    stage_cls = _stage_class(env.task)
+    if stage_cls is None:
+        raise AsukaError(f"the stage class for {env.task} is missing from {_stage_module(env.task).__name__}")
+    torch.manual_seed(env.seed)
+    with random_weight_loaders(env):
+        stage = stage_cls(stage_cfg, env.device, weight_dtype)
+    for name, module in stage.trainable.items():
+        stage.trainable[name] = module.to(env.device).train()
+    optimizers, schedulers = _build_optimizers(stage, stage_cfg, batch_size)
+    max_norm = float(stage_cfg.trainer.get("max_grad_norm", 0.0))
+    batch = _real_batch(stage, batch_size, env.device)
+    build_s = time.perf_counter() - t0
+
+    train_cfg = cfg.get("train") or {}
+    step_index = 0
+    if env.task == "train_decoder" and bool(train_cfg.get("gan_active", True)):
+        step_index = int(stage_cfg.decoder_train.disc_start)  # the steady state: discriminator and adaptive weight on
+    autocast = torch.autocast(env.device.type, dtype=weight_dtype, enabled=mixed != "no")
+    losses: list[float] = []
+
+    def step() -> None:
+        with autocast:
+            out = stage.training_step(batch, step_index)
+            loss = sum(out.losses.values())
+        loss.backward()
+        for opt, sched in zip(optimizers, schedulers):
+            params = [p for group in opt.param_groups for p in group["params"]]
+            if max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
+            opt.step()
+            sched.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))  # the engine reads the loss every step (a sync, as in training)
+
+    for _ in range(max(1, env.warmup)):  # at least one: the first step allocates optimizer state
+        step()
+    synchronize(env.device)
+    flops = count_flops(step)
+    synchronize(env.device)
+    reset_peak_memory(env.device)
+    stats = time_fn(step, 0, env.repeats, env.device)
+    memory = peak_memory(env.device)
+    device_name = _device_name(env.device)
+    peak = peak_bf16_flops(device_name) if env.device.type == "cuda" else None
+    util = mfu(flops, stats.median, peak) if mixed == "bf16" else None
+    trainable = {name: bm.parameter_count(m, trainable_only=True) / 1e6 for name, m in stage.trainable.items()}
+    data_s = _data_seconds_per_sample(stage, int(train_cfg.get("data_samples", 8)))
+    images_per_s = batch_size / stats.median
+    return {
+        **stats.as_dict("step_s_"),
+        "images_per_s": images_per_s,
+        "batch_per_device": batch_size,
+        "resolution": int(stage_cfg.resolution),
+        "mixed_precision": mixed,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / stats.median / 1e12,
+        "peak_bf16_flops": peak,
+        "mfu": util,
+        "mfu_note": None if util is not None else (
+            "MFU needs a CUDA device in the peak table and bf16" if env.device.type == "cuda" else "no GPU: MFU is null"),
+        **memory,
+        "step_index": step_index,
+        "losses_finite": all(math.isfinite(v) for v in losses),
+        "trainable_parameters_m": trainable,
+        "data_s_per_sample": data_s,
+        "data_workers_needed": images_per_s * data_s,
+        "build_s": build_s,
+        "stage_overrides": stage_overrides(cfg, env),
+    }
+
+
+def train_mae(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Stage 1: MAE fine-tuning step (75% token drop, masked MSE) at ``size`` (the MAE sees ``model.mae.img_size``)."""
+    return _train_task(cfg, env)
+
+
+def train_align(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Stage 2: frozen MAE prior + VAE encodes + alignment + frozen-UNet forward/backward, epsilon loss."""
+    return _train_task(cfg, env)
+
+
+def train_decoder(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Stage 3: jitter + VAE encode + conditioned decode + L1/LPIPS (+ PatchGAN with adaptive weight)."""
+    return _train_task(cfg, env)
+
+
+# ----------------------------------------------------------------------------------------------------- masks
+def masks(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
+    """Masks per second of the training mixture (``configs/mask``) at ``size`` on one core.
+
+    ``masks_per_s`` is the package's own figure (``asuka.data.masks.benchmark``: this process's CPU time, so other
+    jobs on a shared machine do not lower it); ``masks_per_s_wall`` is wall-clock over the same number of masks.
+    """
+    from asuka.data.masks import benchmark as mask_benchmark
+    from asuka.data.masks import build_mask_generator
+    from asuka.data.seeding import sample_rng
+
+    n = int((cfg.get("masks") or {}).get("n", 200))
+    generator = build_mask_generator(cfg.mask, cfg.paths)
+    per_s_cpu = mask_benchmark(generator, n=n, size=env.size, seed=env.seed)
+    kinds: dict[str, int] = {}
+    holes = []
+    start = time.perf_counter()
+    for i in range(n):
+        out = generator(sample_rng(env.seed, 1, i), env.size, env.size)
+        mask, kind = out if isinstance(out, tuple) else (out, "mixed")
+        kinds[kind] = kinds.get(kind, 0) + 1
+        holes.append(float(np.mean(mask)))
+    wall = time.perf_counter() - start
+    object_source = OmegaConf.to_container(cfg.mask.get("object_source", {}), resolve=True) or {}
+    synthetic = not object_source.get("coco_instances") and not object_source.get("mask_dir")
+    return {
+        "masks_per_s": per_s_cpu,
+        "masks_per_s_wall": n / wall,
+        "n": n,
+        "kinds": kinds,
+        "hole_ratio_mean": float(np.mean(holes)),
+        "object_shapes": "synthetic" if synthetic else "files",
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
