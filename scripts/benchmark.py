@@ -2,7 +2,6 @@
 device=cpu|cuda size=.. steps=.. repeats=.. batch=.. dtype=auto out=FILE.json   (docs/benchmarks.md)"""
 import sys
 
-import asuka.utils.cli  # noqa: F401  (registers the resolvers the configs use)
 import hydra
 from omegaconf import DictConfig
 

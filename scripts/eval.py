@@ -2,10 +2,10 @@
 
 Usage: python scripts/eval.py [dataset=misato] [method=sd|sd_text|asuka|predictions predictions_dir=...] [key=value ...]
 """
-from asuka.utils.cli import run  # first: registers the ${run_stamp:} resolver the config uses
-
 import hydra
 from omegaconf import DictConfig
+
+from asuka.utils.cli import run
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")

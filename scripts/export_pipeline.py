@@ -1,5 +1,4 @@
 """Write an AsukaInpaintPipeline folder. Usage: python scripts/export_pipeline.py mae=... alignment=... out=DIR"""
-import asuka.utils.cli  # noqa: F401  (registers the ${run_stamp:} and ${asuka_repo:} resolvers)
 import hydra
 from omegaconf import DictConfig
 

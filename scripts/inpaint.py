@@ -1,7 +1,6 @@
 """Inpaint images. Usage: python scripts/inpaint.py pipeline=DIR image=PATH mask=PATH out=PATH [steps=50 seed=0]"""
 import sys
 
-import asuka.utils.cli  # noqa: F401  (registers the ${run_stamp:} and ${asuka_repo:} resolvers)
 import hydra
 from omegaconf import DictConfig
 

@@ -5,7 +5,6 @@ comes from sample_rng(seed, 0, i): the same seed rewrites identical files.
 """
 import hydra
 
-import asuka.utils.cli  # noqa: F401  (registers the config resolvers before Hydra composes)
 from asuka.data.mask_files import make_masks
 from asuka.utils.cli import run
 

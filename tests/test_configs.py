@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import compose_config
 from asuka.training.run_folder import config_container

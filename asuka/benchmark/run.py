@@ -151,6 +151,8 @@ def summary_line(report: dict[str, Any]) -> str:
         text = (f"inference {report['model']} {report['settings']['size']}px {report['settings']['steps']} steps: "
                 f"asuka {r['asuka_s_median']:.4g}s, sd-inpaint {r['sd_inpaint_s_median']:.4g}s, "
                 f"ratio {r['ratio']:.4f} ({r['overhead_pct']:+.1f}%)")
+        if r.get("flops_ratio") is not None:
+            text += f", FLOP ratio {r['flops_ratio']:.4f}"
     elif task == "masks":
         text = f"masks {report['settings']['size']}px: {r['masks_per_s']:.1f}/s per core (CPU time)"
     else:

@@ -185,8 +185,15 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
             outputs[name] = pipes[name](**common, **extra, generator=generator).images
         return fn
 
+    calls = {name: call(name) for name in pipes}
+    flops: dict[str, int] = {}
+    warmup = env.warmup
     with torch.inference_mode():
-        stats = time_runs({name: call(name) for name in pipes}, env.warmup, env.repeats, device)
+        if bool(icfg.get("count_flops", True)):  # deterministic, unlike the times: counted in the first warm-up round
+            flops = {name: count_flops(fn) for name, fn in calls.items()}
+            synchronize(device)
+            warmup = max(0, warmup - 1)
+        stats = time_runs(calls, warmup, env.repeats, device)
         prior = time_fn(lambda: asuka.encode_prior(image, mask, env.size, env.size), 1, env.repeats, device)
 
     a, s = stats["asuka"], stats["sd_inpaint"]
@@ -211,6 +218,9 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
             "alignment": bm.parameter_count(built.alignment) / 1e6,
         },
     }
+    if flops:
+        result.update({f"{name}_flops": value for name, value in flops.items()})
+        result["flops_ratio"] = flops["asuka"] / flops["sd_inpaint"] if flops["sd_inpaint"] else None
     if "asuka_decoder" in stats:
         d = stats["asuka_decoder"]
         result.update(d.as_dict("asuka_decoder_s_"), ratio_with_decoder=d.median / s.median)

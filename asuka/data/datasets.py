@@ -16,8 +16,8 @@ from asuka.utils.errors import DataError
 
 MaskFn = Callable[[np.random.Generator, int, int], "tuple[np.ndarray, str] | np.ndarray"]
 
-__all__ = ["EvalDataset", "ImageItem", "MISATO_DOMAINS", "TrainDataset", "build_image_source", "collate",
-           "random_resized_crop_box"]
+__all__ = ["EvalDataset", "ImageItem", "MISATO_DOMAINS", "TrainDataset", "build_image_source", "build_train_dataset",
+           "collate", "random_resized_crop_box"]
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
@@ -112,6 +112,15 @@ class TrainDataset(torch.utils.data.Dataset):
         if isinstance(mask, tuple):
             mask = mask[0]
         return {"image": pil_to_tensor(img), "mask": _mask_tensor(mask), "index": index, "bad": bad}
+
+
+def build_train_dataset(cfg: Any) -> "TrainDataset":
+    """The training data of every stage: the train split of ``cfg.dataset``, ``cfg.resolution`` crops and masks
+    from the ``cfg.mask`` generator, all randomness keyed by ``cfg.seed``."""
+    from asuka.data.masks import build_mask_generator
+
+    items = build_image_source(cfg.dataset, "train")
+    return TrainDataset(items, int(cfg.resolution), build_mask_generator(cfg.mask, cfg.paths), int(cfg.seed))
 
 
 class EvalDataset(torch.utils.data.Dataset):

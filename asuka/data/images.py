@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # torch is imported where tensors are made, so mask-only tool
     import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def _open(path: str | os.PathLike) -> Image.Image:
@@ -30,25 +29,28 @@ def _open(path: str | os.PathLike) -> Image.Image:
     return img
 
 
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    """16-bit and float grayscale to 8-bit 'L' by scaling the full range (PIL's convert would clip instead)."""
-    arr = np.asarray(img)
-    if img.mode in _SIXTEEN_BIT_MODES:
-        arr = np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255)
-    else:  # 'F': [0, 1] floats, or already 0..255
-        arr = arr.astype(np.float64)
-        if arr.size and np.nanmax(arr) <= 1.0:
+def to_gray(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit 'L'. 16-bit values are divided by 257 and [0, 1] floats scaled by 255, instead of being
+    clipped at 255 as PIL's own convert does."""
+    if img.mode == "L":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
-        arr = np.clip(np.rint(np.nan_to_num(arr)), 0, 255)
-    return Image.fromarray(arr.astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("L")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; transparent pixels are composited on black."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; 16-bit and float images via :func:`to_gray`, transparent pixels composited on black
+    (a plain ``convert("RGB")`` would keep whatever colour hides under alpha 0)."""
     if img.mode == "RGB":
         return img
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-        return _to_8bit_gray(img).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":
+        return to_gray(img).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode in ("LA", "La", "PA", "RGBa"):
@@ -63,7 +65,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Read any supported image as RGB, so the rest of the pipeline never sees modes, alpha or 16-bit data."""
     img = _open(path)
     try:
-        return _to_rgb(img)
+        return to_rgb(img)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot convert image mode {img.mode} to RGB ({exc})") from None
 
@@ -73,18 +75,14 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     img = _open(path)
     if img.mode == "1":
         return np.array(img, dtype=bool)
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-        gray = _to_8bit_gray(img)
-    else:
-        gray = img.convert("L")
-    return np.asarray(gray) >= 128
+    return np.asarray(to_gray(img)) >= 128
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image to a float [3, H, W] tensor in [-1, 1] (the package's image convention)."""
     import torch
 
-    arr = np.asarray(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
+    arr = np.asarray(img if img.mode == "RGB" else to_rgb(img), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 

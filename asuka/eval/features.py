@@ -31,6 +31,7 @@ from torch import nn
 
 from asuka.utils.errors import AsukaError
 from asuka.utils.safe_load import load_state_dict
+from asuka.utils.weights import file_sha256, resolve_weights_file
 
 VARIANTS = ("tf_inception", "asuka_official")
 FEATURE_DIM = 2048
@@ -49,49 +50,15 @@ _RESIZE_MODES = {
     "tf_inception": "torch-fidelity tf1-bilinear to 299x299 (uint8 input)",
     "asuka_official": "PIL bilinear antialiased resize 342 + centre crop 299, ImageNet normalisation",
 }
+RANDOM_HINT = ". metrics.weights=random runs the evaluation with random weights (a plumbing check, not a metric)"
 _RANDOM_MARKER = "__asuka_random_init_seed__"
-
-
-def hub_checkpoint_dir() -> Path:
-    """The folder torch/torchvision download weights into (honours $TORCH_HOME); we only ever read from it."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, recorded next to every metric so two results can be checked for the same weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve_weights_file(explicit: str | os.PathLike | None, standard_name: str, url: str, what: str,
-                         config_key: str) -> Path:
-    """Find a local weights file: ``explicit`` (a file, or a folder holding ``standard_name``), else the torch cache.
-
-    Raises AsukaError naming the file to fetch and where to put it; nothing is downloaded (offline clusters).
-    """
-    if explicit not in (None, ""):
-        path = Path(explicit).expanduser()
-        if path.is_dir():
-            path = path / standard_name
-        if not path.is_file():
-            raise AsukaError(f"{config_key}={explicit}: {what} weights file {path} not found "
-                             f"(expected {standard_name}, from {url})")
-        return path
-    path = hub_checkpoint_dir() / standard_name
-    if not path.is_file():
-        raise AsukaError(f"{what} weights not found: put {standard_name} (from {url}) into {path.parent}/ or set "
-                         f"{config_key}=/path/to/file; nothing is downloaded. metrics.weights=random runs the "
-                         "evaluation with random weights (a plumbing check, not a metric)")
-    return path
 
 
 def inception_weights_file(variant: str, weights_path: str | os.PathLike | None = None) -> Path:
     """The local Inception weights of ``variant``: ``paths.inception`` or the standard file in the torch cache."""
     name, url = _STANDARD_WEIGHTS[variant]
-    return resolve_weights_file(weights_path, name, url, f"Inception ({variant})", "paths.inception")
+    return resolve_weights_file(weights_path, name, url, f"Inception ({variant})", "paths.inception",
+                                hint=RANDOM_HINT)
 
 
 def kaiming_init_(module: nn.Module, seed: int) -> nn.Module:

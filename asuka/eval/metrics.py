@@ -8,11 +8,12 @@ images, ``-10 log10(mse + 1e-7)``, SSIM on the grayscale image with ``data_range
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
+
+from asuka.models.lpips import build_lpips, lpips_trunk_file  # noqa: F401  (the evaluation's LPIPS)
 
 # torchvision's rgb_to_grayscale (ITU-R 601-2 luma), which the official SSIM script applies before skimage.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -157,67 +158,3 @@ def lpips_metric(model: torch.nn.Module, pred: torch.Tensor, target: torch.Tenso
     with torch.no_grad():
         out = model(pred.to(device, torch.float32), target.to(device, torch.float32))
     return out.reshape(out.shape[0]).float().cpu()
-
-
-# torchvision's standard trunk file names ($TORCH_HOME/hub/checkpoints), which lpips would otherwise download.
-_LPIPS_TRUNKS = {
-    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
-    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
-    "squeeze": ("squeezenet1_1-b8a52dc0.pth", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
-}
-
-
-def lpips_trunk_file(net: str, lpips_dir: str | None = None) -> Path:
-    """The local torchvision trunk of LPIPS ``net``: in ``paths.lpips_dir`` or the torch cache (never downloaded)."""
-    from asuka.eval.features import resolve_weights_file
-    from asuka.utils.errors import AsukaError
-
-    if net not in _LPIPS_TRUNKS:
-        raise AsukaError(f"metrics.lpips_net={net}: expected one of {', '.join(_LPIPS_TRUNKS)}")
-    name, url = _LPIPS_TRUNKS[net]
-    return resolve_weights_file(lpips_dir, name, url, f"LPIPS {net} trunk", "paths.lpips_dir")
-
-
-def build_lpips(net: str = "alex", weights: str = "pretrained", lpips_dir: str | None = None,
-                device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    """LPIPS v0.1 with its linear heads from the lpips wheel and the trunk from a local torchvision file.
-
-    lpips fetches the trunk through torchvision, which downloads; here the trunk is read (safely) from
-    ``lpips_dir`` or ``$TORCH_HOME/hub/checkpoints`` and a missing file is an AsukaError. ``weights="random"``
-    keeps a seeded random trunk (for offline tests). Returns the model and a description for the result files.
-    """
-    import lpips
-
-    from asuka.eval.features import file_sha256
-    from asuka.utils.errors import AsukaError
-    from asuka.utils.safe_load import load_state_dict
-
-    if net not in _LPIPS_TRUNKS:
-        raise AsukaError(f"metrics.lpips_net={net}: expected one of {', '.join(_LPIPS_TRUNKS)}")
-    if weights not in ("pretrained", "random"):
-        raise AsukaError(f"metrics.weights={weights}: expected pretrained or random")
-    path = lpips_trunk_file(net, lpips_dir) if weights == "pretrained" else None
-    # The random trunk (pnet_rand) is drawn from the global generator: seed it without disturbing the caller's.
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        torch.manual_seed(seed)
-        warnings.simplefilter("ignore")  # torchvision's deprecation notes about lpips' `pretrained=` argument
-        model = lpips.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-    info = {"net": net, "version": "0.1", "weights": weights, "trunk_file": None, "trunk_sha256": "random"}
-    if path is not None:
-        trunk = load_state_dict(path)
-        # lpips' net.slice<k>.<i>.<param> is torchvision's features.<i>.<param>
-        own = model.net.state_dict()
-        mapped = {}
-        for key in own:
-            src = "features." + key.split(".", 1)[1]
-            if src not in trunk:
-                raise AsukaError(f"{path}: no tensor {src}; not the torchvision {net} weights")
-            mapped[key] = trunk[src]
-        try:
-            model.net.load_state_dict(mapped)
-        except RuntimeError as exc:
-            raise AsukaError(f"{path}: not the torchvision {net} weights ({str(exc).splitlines()[-1]})") from None
-        info.update(trunk_file=str(path), trunk_sha256=file_sha256(path))
-    model.requires_grad_(False)
-    model.eval()
-    return model.to(device), info

@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import torch
 from diffusers import AsymmetricAutoencoderKL
 from diffusers.models.autoencoders.vae import DecoderOutput
+# diffusers' pipeline loader looks a component's base class up by name in the component's own module:
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from omegaconf import DictConfig
 from torch import nn
 

@@ -40,9 +40,9 @@ SD_SUBFOLDERS = ("unet", "vae", "scheduler")
 class SDComponents:
     """The frozen parts of SD-1.5 inpainting that ASUKA uses (no text encoder, no tokenizer)."""
 
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    scheduler: DDPMScheduler
+    unet: UNet2DConditionModel | None
+    vae: AutoencoderKL | None
+    scheduler: DDPMScheduler | None
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -152,35 +152,42 @@ def load_sd_inpaint(
     path: str | os.PathLike | None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    parts: tuple[str, ...] = SD_SUBFOLDERS,
 ) -> SDComponents:
     """Load the frozen SD-1.5 inpainting UNet, VAE and training noise schedule (``DDPMScheduler``).
 
     ``sd_cfg`` is the ``model.sd`` config block: ``source: pretrained`` reads ``path`` (a hub id or a local diffusers
     folder with ``unet/``, ``vae/``, ``scheduler/``); ``source: tiny`` builds random components with ``seed``.
     ``dtype`` (default ``sd_cfg.dtype``) applies to the UNet and VAE; both come back frozen and in eval mode.
+    ``parts`` limits what is read (stage 3 needs only the VAE); the others are None.
     """
     source = cfg_get(sd_cfg, "source", "pretrained")
     dtype = resolve_dtype(dtype if dtype is not None else cfg_get(sd_cfg, "dtype", "float32"))
     if source == "tiny":
         sd = build_tiny_sd(int(cfg_get(sd_cfg, "seed", 0)))
+        sd = SDComponents(*(getattr(sd, name) if name in parts else None for name in SD_SUBFOLDERS))
         for module in (sd.unet, sd.vae):
-            module.to(device=device) if dtype == torch.float32 else module.to(device=device, dtype=dtype)
+            if module is not None and dtype != torch.float32:  # built in float32
+                module.to(dtype=dtype)
     elif source == "pretrained":
         if path is None or str(path) in ("", "None", "null"):
             raise ConfigError("paths.sd_inpaint", "no SD-1.5 inpainting weights given (a hub id or a local folder)")
         path = os.path.expanduser(str(path))
         if _looks_local(path):
             _check_local_folder(Path(path))
-        unet = _from_pretrained(UNet2DConditionModel, path, "unet", torch_dtype=dtype)
-        vae = _from_pretrained(AutoencoderKL, path, "vae", torch_dtype=dtype)
-        scheduler = _from_pretrained(DDPMScheduler, path, "scheduler")
-        if unet.config.in_channels != 9:
-            raise AsukaError(f"{path}: unet/ has {unet.config.in_channels} input channels; an inpainting UNet has 9")
-        sd = SDComponents(unet=unet.to(device), vae=vae.to(device), scheduler=scheduler)
+        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler}
+        loaded = {
+            name: _from_pretrained(classes[name], path, name, **({} if name == "scheduler" else {"torch_dtype": dtype}))
+            for name in parts
+        }
+        if "unet" in loaded and loaded["unet"].config.in_channels != 9:
+            raise AsukaError(f"{path}: unet/ has {loaded['unet'].config.in_channels} input channels; an inpainting UNet has 9")
+        sd = SDComponents(*(loaded.get(name) for name in SD_SUBFOLDERS))
     else:
         raise ConfigError("model.sd.source", f"unknown source '{source}', expected pretrained or tiny")
-    _freeze(sd.unet)
-    _freeze(sd.vae)
+    for module in (sd.unet, sd.vae):
+        if module is not None:
+            _freeze(module.to(device))
     return sd
 
 

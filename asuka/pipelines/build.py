@@ -15,14 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.models.alignment import AlignmentModule
+from asuka.models.mae_import import TINY_SEED, load_frozen_mae
 from asuka.models.sd import build_inference_scheduler, cfg_get, load_sd_inpaint, resolve_dtype
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)
-
-TINY_SEED = 0  # our choice: the seed of every tiny random component (demo, tests)
-
 
 def _given(value: Any) -> bool:
     return value is not None and str(value) not in ("", "None", "null")
@@ -43,20 +41,6 @@ def _block(cfg: DictConfig, name: str) -> dict:
 def is_tiny(cfg: DictConfig) -> bool:
     """``model=tiny`` (or ``experiment=demo``): missing parts are small random ones."""
     return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
-
-
-def _tiny_mae(cfg: DictConfig):
-    from asuka.models.mae_import import build_mae
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return build_mae(_block(cfg, "mae")).eval()
-
-
-def _load_mae(cfg: DictConfig, path: Any):
-    from asuka.models.mae_import import load_mae
-
-    return load_mae(os.path.expanduser(str(path)), _block(cfg, "mae")).eval()
 
 
 def _load_alignment(path: Any) -> AlignmentModule:
@@ -142,7 +126,7 @@ def build_pipeline(
         raise ConfigError(
             "paths.alignment", "the pipeline needs the stage-2 alignment module (a final/alignment folder)"
         )
-    mae = _load_mae(cfg, mae_path) if _given(mae_path) else _tiny_mae(cfg)
+    mae = load_frozen_mae(cfg, mae_path)
     alignment = _load_alignment(align_path) if _given(align_path) else _tiny_alignment(cfg)
     sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device="cpu")
 

@@ -7,7 +7,6 @@ fed ``prompt_embeds = encode_prior(image, mask_image)``: same pre-processing, sa
 from __future__ import annotations
 
 import inspect
-import sys
 import warnings
 from typing import Any, Callable
 
@@ -17,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers import KarrasDiffusionSchedulers
@@ -25,62 +23,23 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # The component classes are imported here so that ``from_pretrained`` finds them: diffusers only resolves the
 # library named in model_index.json (``asuka.models.mae`` ...) when that module is already imported.
+from asuka.data.images import to_gray, to_rgb
 from asuka.models.alignment import AlignmentModule, encode_condition, null_condition
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.sd import encode_masked_image, unet_input, vae_scale_factor
 from asuka.utils.errors import AsukaError
 
-# diffusers finds a component's loader by looking its base class up *by name in the component's own module*
-# (``getattr(asuka.models.decoder, "ModelMixin")``); a module that only imports a ModelMixin subclass (the decoder
-# imports AsymmetricAutoencoderKL) cannot be reloaded. Make the name visible there; a no-op where it already is.
-for _cls in (MaskedAutoencoderViT, AlignmentModule, AsukaDecoder):
-    _module = sys.modules[_cls.__module__]
-    if not hasattr(_module, "ModelMixin"):
-        _module.ModelMixin = ModelMixin
 ImageInput = PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor
-
-
-def pil_to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode -> RGB, as :func:`asuka.data.images.load_image` does for files.
-
-    16-bit and 32-bit integer images are scaled to 8 bit instead of being clipped; transparent pixels are
-    composited on black (a plain ``convert("RGB")`` would keep whatever colour hides under alpha 0).
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I") or img.mode == "F":
-        return pil_to_l(img).convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif img.mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        return PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), img).convert("RGB")
-    return img.convert("RGB")
-
-
-def pil_to_l(img: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode -> 8-bit grayscale; 16-bit values are divided by 257, not clipped at 255."""
-    if img.mode == "L":
-        return img
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr / 257.0
-        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        return PIL.Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
-    return img.convert("L")
 
 
 def _images_for_processor(image: ImageInput) -> list[PIL.Image.Image] | torch.Tensor:
     """PIL -> RGB PIL list; numpy / tensor -> ``[B,3,H,W]`` float (VaeImageProcessor takes [0, 1], and values
     below 0 as already in [-1, 1])."""
     if isinstance(image, (list, tuple)) and image and isinstance(image[0], PIL.Image.Image):
-        return [pil_to_rgb(i) for i in image]
+        return [to_rgb(i) for i in image]
     if isinstance(image, PIL.Image.Image):
-        return [pil_to_rgb(image)]
+        return [to_rgb(image)]
     if isinstance(image, (list, tuple)):
         image = torch.stack([torch.as_tensor(np.asarray(i)) if not isinstance(i, torch.Tensor) else i for i in image])
     if isinstance(image, np.ndarray):
@@ -103,9 +62,9 @@ def _images_for_processor(image: ImageInput) -> list[PIL.Image.Image] | torch.Te
 def _masks_for_processor(mask: ImageInput) -> list[PIL.Image.Image] | torch.Tensor:
     """PIL -> 8-bit grayscale PIL list; numpy / tensor -> ``[B,1,H,W]`` float in [0, 1]."""
     if isinstance(mask, (list, tuple)) and mask and isinstance(mask[0], PIL.Image.Image):
-        return [pil_to_l(m) for m in mask]
+        return [to_gray(m) for m in mask]
     if isinstance(mask, PIL.Image.Image):
-        return [pil_to_l(mask)]
+        return [to_gray(mask)]
     if isinstance(mask, (list, tuple)):
         mask = torch.stack([torch.as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m for m in mask])
     if isinstance(mask, np.ndarray):
@@ -166,9 +125,10 @@ def preprocess_inpaint_inputs(
             else:
                 masks = F.interpolate(masks, size=(ih, iw), mode="nearest")
     first = images[0] if isinstance(images, list) else images
+    size = first.size if isinstance(first, PIL.Image.Image) else (first.shape[-1], first.shape[-2])
     height, width = image_processor.get_default_height_width(first, height, width)
     if height < factor or width < factor:
-        raise AsukaError(f"image is too small: {width}x{height} (needs at least {factor} pixels a side)")
+        raise AsukaError(f"image is too small: {size[0]}x{size[1]} (needs at least {factor} pixels a side)")
     init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32)
     mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32)
     if mask.shape[0] != init_image.shape[0]:

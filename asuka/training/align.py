@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from asuka.data.datasets import TrainDataset, build_image_source
-from asuka.data.masks import build_mask_generator
+from asuka.data.datasets import build_train_dataset
 from asuka.models.alignment import AlignmentModule
 from asuka.models.mae_import import load_frozen_mae
-from asuka.models.sd import encode_latents, encode_masked_image, load_sd_inpaint, unet_input
+from asuka.models.sd import build_inference_scheduler, encode_latents, encode_masked_image, load_sd_inpaint, unet_input
 from asuka.training.engine import fit
-from asuka.training.stage import OptimizerSpec, Stage, StepOutput
+from asuka.training.modules import unwrap
+from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
 
 
 def reconstructed_prior_prob(step: int, p_start: float, p_end: float, decay_steps: int) -> float:
@@ -32,12 +32,7 @@ class AlignStage(Stage):
 
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(cfg, device, weight_dtype)
-        self._dataset = TrainDataset(
-            build_image_source(cfg.dataset, "train"),
-            int(cfg.resolution),
-            build_mask_generator(cfg.mask, cfg.paths),
-            int(cfg.seed),
-        )
+        self._dataset = build_train_dataset(cfg)
         frozen_dtype = weight_dtype if cfg.align.cast_frozen else torch.float32
         self.sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, frozen_dtype)
         if cfg.align.gradient_checkpointing:
@@ -85,10 +80,9 @@ class AlignStage(Stage):
         loss = F.mse_loss(eps.float(), noise.float())
         return StepOutput({"alignment": loss}, {"p_reconstructed": self.prior_prob(step), "swapped": float(swapped)})
 
-    def validation_rows(self, batch: dict) -> list[torch.Tensor]:
+    def validate(self, batch: dict) -> Validation:
+        """Image, masked image, and the inpainting the current alignment module gives (DDIM, no CFG)."""
         from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
-        from asuka.models.sd import build_inference_scheduler
-        from asuka.training.modules import unwrap
 
         image, mask = batch["image"], batch["mask"]
         pipe = AsukaInpaintPipeline(
@@ -108,7 +102,7 @@ class AlignStage(Stage):
             generator=generator,
             output_type="pt",
         ).images
-        return [image, image * (1 - mask), out.to(image.device) * 2 - 1]
+        return Validation([image, image * (1 - mask), out.to(image.device) * 2 - 1])
 
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict:

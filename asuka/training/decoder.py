@@ -12,10 +12,6 @@ trainable AsukaDecoder's own (identical, frozen) encoder is not run during train
 """
 from __future__ import annotations
 
-import json
-import logging
-import math
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -23,18 +19,17 @@ from torch.utils.data import Dataset
 from torchvision.transforms import ColorJitter
 
 from asuka.data.color import boundary_color_error, error_map_to_image, ring_error_map
-from asuka.data.datasets import TrainDataset, build_image_source
-from asuka.data.masks import build_mask_generator
+from asuka.data.datasets import build_train_dataset
 from asuka.models.decoder import build_decoder
 from asuka.models.sd import load_sd_inpaint
-from asuka.training.decoder_losses import DecoderLoss, NLayerDiscriminator, build_lpips
-from asuka.training.engine import default_run_dir, fit
+from asuka.models.lpips import build_lpips
+from asuka.training.decoder_losses import DecoderLoss, NLayerDiscriminator
+from asuka.training.engine import fit
 from asuka.training.latent_aug import DecoderTrainDataset, LatentCache
 from asuka.training.modules import unwrap
-from asuka.training.stage import OptimizerSpec, Stage, StepOutput
+from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
 from asuka.utils.errors import ConfigError
 
-log = logging.getLogger("asuka.train")
 
 
 def _fraction(cfg: DictConfig, key: str) -> float:
@@ -47,9 +42,7 @@ def _fraction(cfg: DictConfig, key: str) -> float:
 class DecoderStage(Stage):
     name = "decoder"
 
-    def __init__(
-        self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype, run_dir: Path | None = None
-    ) -> None:
+    def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(cfg, device, weight_dtype)
         dcfg = cfg.decoder_train
         latent_aug_prob, all_hole_prob = _fraction(cfg, "latent_aug_prob"), _fraction(cfg, "all_hole_prob")
@@ -57,24 +50,21 @@ class DecoderStage(Stage):
         if self.posterior not in ("sample", "mode"):
             raise ConfigError("decoder_train.posterior", f"must be sample or mode, got {self.posterior!r}")
         resolution = int(cfg.resolution)
-        items = build_image_source(cfg.dataset, "train")
+        base = build_train_dataset(cfg)
         cache = None
         if latent_aug_prob > 0:  # fail before any model is loaded
-            cache = LatentCache.open(cfg.paths.latent_cache, num_items=len(items), resolution=resolution)
-        base = TrainDataset(items, resolution, build_mask_generator(cfg.mask, cfg.paths), int(cfg.seed))
+            cache = LatentCache.open(cfg.paths.latent_cache, num_items=len(base), resolution=resolution)
         self._dataset = DecoderTrainDataset(base, cache, latent_aug_prob, all_hole_prob, int(cfg.seed))
 
-        # Only the VAE is needed: load on the CPU, keep the VAE, drop the UNet.
-        sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, "cpu", torch.float32)
-        self.sd_vae = sd.vae.to(device)
-        del sd
+        self.sd_vae = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, torch.float32, parts=("vae",)).vae
         decoder = build_decoder(cfg.model.decoder, self.sd_vae, cfg.paths.get("decoder_init")).to(device).train()
         discriminator = NLayerDiscriminator(
             base_channels=int(dcfg.get("disc_channels", 64)), n_layers=int(dcfg.disc_layers)
         ).to(device).train()
         self.trainable = {"decoder": decoder, "discriminator": discriminator}
 
-        lpips_model = build_lpips("vgg", cfg.paths.get("lpips_dir"), bool(dcfg.get("lpips_pretrained_trunk", True)))
+        trunk = "pretrained" if dcfg.get("lpips_pretrained_trunk", True) else "random"
+        lpips_model, _ = build_lpips("vgg", trunk, cfg.paths.get("lpips_dir"))
         self.loss = DecoderLoss(
             lpips_model.to(device),
             lpips_weight=float(dcfg.lpips_weight),
@@ -89,9 +79,6 @@ class DecoderStage(Stage):
             hue=float(jitter.hue),
         )
         self.band = int(dcfg.get("boundary_band", 4))
-        self.run_dir = run_dir
-        self.validation_logs: dict[str, float] = {}
-        self._last_step = 0
 
     def train_dataset(self) -> Dataset:
         return self._dataset
@@ -149,16 +136,14 @@ class DecoderStage(Stage):
         losses, logs = self.loss(image, recon, step, last_layer, self.trainable["discriminator"])
         logs["latent_aug_frac"] = float(use.float().mean())
         logs["all_hole_frac"] = float((mask.flatten(1).amin(dim=1) > 0.5).float().mean())
-        logs.update(self.validation_logs)  # carried so metrics.jsonl shows the latest validation numbers
-        self._last_step = step + 1
         return StepOutput(losses, logs)
 
     @torch.no_grad()
-    def validation_rows(self, batch: dict) -> list[torch.Tensor]:
-        """Original, masked input, SD VAE decode, our decode, our colour error in the known ring (white = 20 dE).
+    def validate(self, batch: dict) -> Validation:
+        """Original, masked input, SD VAE decode, our decode, our colour error in the known ring (white = 20 dE),
+        and the mean boundary Delta E of the SD VAE and of ours.
 
         The latent is the cached one where the sample uses it (a UNet latent), else the clean image's mode.
-        Logs the mean boundary Delta E of the SD VAE and of ours.
         """
         image, mask = batch["image"].float(), batch["mask"].float()
         latents = self._encode(image, sample=False)
@@ -168,38 +153,18 @@ class DecoderStage(Stage):
         with torch.autocast(image.device.type, enabled=False):
             sd_out = self.sd_vae.decode(latents).sample.clamp(-1, 1)
         ours = self.trainable["decoder"](image, mask=mask, latents=latents).sample.float().clamp(-1, 1)
-        err_sd = torch.nanmean(boundary_color_error(sd_out, image, mask, self.band))
-        err_ours = torch.nanmean(boundary_color_error(ours, image, mask, self.band))
-        self.validation_logs = {"val_boundary_de_sd_vae": float(err_sd), "val_boundary_de_ours": float(err_ours)}
-        self._write_validation_logs()
+        logs = {
+            "boundary_de_sd_vae": float(torch.nanmean(boundary_color_error(sd_out, image, mask, self.band))),
+            "boundary_de_ours": float(torch.nanmean(boundary_color_error(ours, image, mask, self.band))),
+        }
         ring = error_map_to_image(ring_error_map(ours, image, mask, self.band))
-        return [image, image * (1 - mask), sd_out, ours, ring]
-
-    def _write_validation_logs(self) -> None:
-        from accelerate import PartialState
-
-        log.info("validation after step %d: boundary dE sd-vae %.3f, ours %.3f", self._last_step,
-                 self.validation_logs["val_boundary_de_sd_vae"], self.validation_logs["val_boundary_de_ours"])
-        if self.run_dir is None or not PartialState().is_main_process:
-            return
-        path = Path(self.run_dir) / "val" / "boundary_color_error.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            clean = {k: (v if math.isfinite(v) else None) for k, v in self.validation_logs.items()}
-            fh.write(json.dumps({"step": self._last_step, **clean}) + "\n")
+        return Validation([image, image * (1 - mask), sd_out, ours, ring], logs)
 
     def final_modules(self) -> dict[str, torch.nn.Module]:
         """Only the decoder goes to ``final/`` (the discriminator lives in the checkpoints)."""
         return {"decoder": self.trainable["decoder"]}
 
-    def state_dict(self) -> dict:
-        return {"last_step": self._last_step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._last_step = int(state.get("last_step", 0))
-
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict:
     """``python scripts/train_decoder.py``: stage 3 on the shared engine."""
-    folder = Path(run_dir) if run_dir is not None else default_run_dir()
-    return fit(cfg, lambda c, d, t: DecoderStage(c, d, t, run_dir=folder), folder)
+    return fit(cfg, DecoderStage, run_dir)

@@ -11,8 +11,6 @@ and the discriminator's loss sees detached reconstructions, so each graph reache
 """
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,51 +20,6 @@ from torch import nn
 from torch.func import functional_call
 
 from asuka.training.modules import unwrap
-from asuka.utils.errors import AsukaError
-from asuka.utils.safe_load import load_state_dict
-
-# torchvision ImageNet trunks that lpips builds, and the file names torch.hub caches them under.
-LPIPS_TRUNK_FILES = {
-    "vgg": "vgg16-397923af.pth",
-    "alex": "alexnet-owt-7be5be79.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
-
-
-def build_lpips(net: str = "vgg", weights_dir: str | Path | None = None, pretrained_trunk: bool = True) -> nn.Module:
-    """A frozen ``lpips.LPIPS`` (v0.1 linear heads from the wheel) that never downloads.
-
-    The trunk's ImageNet weights are read from ``weights_dir`` (``paths.lpips_dir``) or, when it is None, from
-    torch.hub's cache (``$TORCH_HOME/hub/checkpoints``). A missing file is an AsukaError naming it.
-    ``pretrained_trunk=False`` keeps a random trunk (tests only: LPIPS is then not a perceptual distance).
-    """
-    import lpips
-
-    if net not in LPIPS_TRUNK_FILES:
-        raise AsukaError(f"LPIPS net '{net}' is not one of {sorted(LPIPS_TRUNK_FILES)}")
-    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated ``pretrained=``
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
-    heads = load_state_dict(Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth")
-    missing, unexpected = model.load_state_dict(heads, strict=False)
-    if unexpected or any(k.startswith("lin") and not k.startswith("lins.") for k in missing):
-        raise AsukaError(f"lpips heads for '{net}' do not match (missing {missing}, unexpected {unexpected})")
-    if pretrained_trunk:
-        folder = Path(weights_dir).expanduser() if weights_dir else Path(torch.hub.get_dir()) / "checkpoints"
-        path = folder / LPIPS_TRUNK_FILES[net]
-        if not path.is_file():
-            raise AsukaError(
-                f"{path}: LPIPS {net} trunk weights not found (nothing is downloaded; copy the torchvision file "
-                f"{LPIPS_TRUNK_FILES[net]} there or set paths.lpips_dir)"
-            )
-        trunk = load_state_dict(path)
-        own = model.net.state_dict()
-        # lpips keeps torchvision's layer indices inside its slices: net.slice2.5.weight <- features.5.weight
-        mapped = {name: trunk[f"features.{name.split('.', 1)[1]}"] for name in own if name.startswith("slice")}
-        model.net.load_state_dict(mapped, strict=True)
-    model.requires_grad_(False)
-    return model.eval()
-
 
 class NLayerDiscriminator(ModelMixin, ConfigMixin):
     """PatchGAN discriminator (pix2pix / taming layout): strided 4x4 convs, BatchNorm, LeakyReLU(0.2), 1-channel map.

@@ -272,12 +272,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Every rank runs the stage's validation forward (DDP needs that); the main process writes the grid."""
+        """Every rank runs the stage's validation forward (DDP needs that); the main process writes the grid and
+        logs the stage's validation numbers (prefixed ``val_``) to metrics.jsonl and the trackers."""
         batch = self._to_device(self.dataset.collate([self.dataset[(0, i)] for i in range(self._n_val())]))
         with torch.no_grad(), self.accelerator.autocast():
-            rows = self.stage.validation_rows(batch)
+            result = self.stage.validate(batch)
+        logs = {f"val_{k}": float(v) for k, v in result.logs.items()}
+        if logs:
+            log.info("validation at step %d: %s", self.step, logs)
+            self.accelerator.log(logs, step=self.step)
         if self.accelerator.is_main_process:
-            grid = make_grid(rows)
+            if logs:
+                self.metrics.write({"step": self.step, **logs})
+            grid = make_grid(result.rows)
             path = self.run_dir / "val" / f"step_{self.step:07d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             grid.save(path)

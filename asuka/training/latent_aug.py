@@ -298,10 +298,8 @@ def cache_settings(cfg: Any, num_items: int, latent_shape: tuple[int, ...]) -> d
 
 
 def latent_condition(cfg: Any, batch_size: int, unet: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """``latent_aug.condition``: zeros ``[B, 77, cross_attention_dim]``, or the null prior (alignment of an all-masked
-    input) when ``null_prior`` and ``paths.alignment`` is set."""
-    from types import SimpleNamespace
-
+    """``condition``: zeros ``[B, 77, cross_attention_dim]``, or the null prior (the alignment of an all-masked
+    input, through the frozen stage-1 MAE of ``paths.mae``) when ``null_prior`` and ``paths.alignment`` is set."""
     kind = str(cfg.condition)
     dim = int(unet.config.cross_attention_dim)
     if kind == "zeros":
@@ -309,15 +307,15 @@ def latent_condition(cfg: Any, batch_size: int, unet: torch.nn.Module, device: t
     if kind != "null_prior":
         raise ConfigError("condition", f"unknown latent-augmentation condition '{kind}' (zeros | null_prior)")
     from asuka.models.alignment import AlignmentModule, null_condition
+    from asuka.models.mae_import import load_frozen_mae
 
     path = cfg.paths.get("alignment")
     if not path or not Path(str(path)).is_dir():
         raise AsukaError(f"{path}: condition=null_prior needs a trained alignment module (paths.alignment)")
     alignment = AlignmentModule.from_pretrained(str(path)).to(device).eval()
-    mae_cfg = SimpleNamespace(config=SimpleNamespace(img_size=int(cfg.model.mae.img_size),
-                                                     patch_size=int(cfg.model.mae.patch_size)))
+    mae = load_frozen_mae(cfg).to(device)
     with torch.no_grad():
-        return null_condition(mae_cfg, alignment, batch_size, device=device, dtype=torch.float32)
+        return null_condition(mae, alignment, batch_size, device=device, dtype=torch.float32)
 
 
 def build_latent_cache(cfg: Any) -> dict[str, Any]:

@@ -9,12 +9,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from asuka.data.datasets import TrainDataset, build_image_source
-from asuka.data.masks import build_mask_generator
+from asuka.data.datasets import build_train_dataset
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.mae_import import load_mae
 from asuka.training.engine import fit
-from asuka.training.stage import OptimizerSpec, Stage, StepOutput
+from asuka.training.modules import unwrap
+from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
 
 
 class MaeStage(Stage):
@@ -22,12 +22,7 @@ class MaeStage(Stage):
 
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(cfg, device, weight_dtype)
-        self._dataset = TrainDataset(
-            build_image_source(cfg.dataset, "train"),
-            int(cfg.resolution),
-            build_mask_generator(cfg.mask, cfg.paths),
-            int(cfg.seed),
-        )
+        self._dataset = build_train_dataset(cfg)
         init = cfg.paths.get("mae_init")
         mae = load_mae(init, dict(cfg.model.mae)) if init else MaskedAutoencoderViT(**cfg.model.mae)
         self.trainable = {"mae": mae.to(device).train()}
@@ -42,11 +37,10 @@ class MaeStage(Stage):
         loss, _ = self.trainable["mae"](batch["image"], batch["mask"], keep_ratio=float(self.cfg.mae.keep_ratio))
         return StepOutput({"mae": loss})
 
-    def validation_rows(self, batch: dict) -> list[torch.Tensor]:
-        mae = self.trainable["mae"]
-        mae = getattr(mae, "module", mae)
+    def validate(self, batch: dict) -> Validation:
+        """Image, masked image, the MAE's reconstruction."""
         image, mask = batch["image"], batch["mask"]
-        return [image, image * (1 - mask), mae.reconstruct(image, mask)]
+        return Validation([image, image * (1 - mask), unwrap(self.trainable["mae"]).reconstruct(image, mask)])
 
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict:

@@ -27,6 +27,14 @@ class OptimizerSpec:
 
 
 @dataclass
+class Validation:
+    """A validation grid (rows of ``[N, 3, H, W]`` in [-1, 1]) and numbers the engine logs with it."""
+
+    rows: list[torch.Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class StepOutput:
     """Losses keyed by optimizer name (their graphs must touch only that optimizer's parameters) and scalars to log."""
 
@@ -58,10 +66,10 @@ class Stage(abc.ABC):
     def training_step(self, batch: dict, step: int) -> StepOutput:
         """Compute the losses of one micro-batch (already on the device) at optimizer step ``step`` (0-based)."""
 
-    def validation_rows(self, batch: dict) -> list[torch.Tensor]:
-        """Rows of a validation grid, each ``[N, 3, H, W]`` in [-1, 1]; the default shows image and masked image."""
+    def validate(self, batch: dict) -> Validation:
+        """A validation grid of a fixed batch, and numbers to log; the default shows image and masked image."""
         image, mask = batch["image"], batch["mask"]
-        return [image, image * (1 - mask)]
+        return Validation([image, image * (1 - mask)])
 
     def final_modules(self) -> dict[str, nn.Module]:
         """Modules written to ``final/<name>/`` with ``save_pretrained`` (unwrapped by the engine)."""

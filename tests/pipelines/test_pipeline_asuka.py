@@ -291,8 +291,9 @@ def test_seeds_and_shapes(pipe) -> None:
 def test_user_mistakes(pipe, cfg) -> None:
     with pytest.raises(AsukaError, match="2 images but 3 masks"):
         pipe([_image(), _image()], [_mask()] * 3, num_inference_steps=STEPS)
-    with pytest.raises(AsukaError, match="too small"):
+    with pytest.raises(AsukaError, match="image is too small: 6x6 "):
         pipe(_image(6, 6), _mask(6, 6), num_inference_steps=STEPS)
+    assert pipe(_image(21, 13), _mask(21, 13), num_inference_steps=STEPS).images[0].size == (8, 16)  # as diffusers
     paper = compose_config("inpaint", [])
     with pytest.raises(ConfigError, match="paths.mae"):
         build_pipeline(paper)

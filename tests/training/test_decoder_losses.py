@@ -5,19 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from asuka.training.decoder_losses import (
-    LPIPS_TRUNK_FILES,
-    DecoderLoss,
-    NLayerDiscriminator,
-    build_lpips,
-    hinge_d_loss,
-)
+from asuka.models.lpips import LPIPS_TRUNKS, build_lpips
+from asuka.training.decoder_losses import DecoderLoss, NLayerDiscriminator, hinge_d_loss
 from asuka.utils.errors import AsukaError
 
 
 @pytest.fixture(scope="module")
 def lpips_model():
-    return build_lpips("vgg", pretrained_trunk=False)
+    return build_lpips("vgg", "random")[0]
 
 
 class TinyGenerator(nn.Module):
@@ -120,13 +115,15 @@ def test_lpips_offline(tmp_path, lpips_model):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert lpips_model(x, x).item() == pytest.approx(0.0, abs=1e-7)
     assert not any(p.requires_grad for p in lpips_model.parameters())
-    with pytest.raises(AsukaError, match=LPIPS_TRUNK_FILES["alex"]):
-        build_lpips("alex", weights_dir=tmp_path)
+    trunk_file = LPIPS_TRUNKS["alex"][0]
+    with pytest.raises(AsukaError, match=trunk_file):
+        build_lpips("alex", lpips_dir=tmp_path)
     # a trunk file in the torchvision layout is read from weights_dir
     import torchvision
 
     trunk = torchvision.models.alexnet(weights=None).state_dict()
-    torch.save(trunk, tmp_path / LPIPS_TRUNK_FILES["alex"])
-    model = build_lpips("alex", weights_dir=tmp_path)
+    torch.save(trunk, tmp_path / trunk_file)
+    model, info = build_lpips("alex", lpips_dir=tmp_path)
+    assert info["trunk_file"] == str(tmp_path / trunk_file)
     assert torch.equal(getattr(model.net.slice1, "0").weight, trunk["features.0.weight"])
     assert torch.equal(getattr(model.net.slice5, "10").weight, trunk["features.10.weight"])

@@ -53,7 +53,7 @@ class ToyStage(Stage):
     def training_step(self, batch, step):
         self.seen.extend(batch["index"].tolist())
         toy = self.cfg.get("toy", {})
-        if step + 1 == toy.get("sigterm_at_step"):
+        if step + 1 == toy.get("sigterm_at_step"):  # as a scheduler's pre-emption would
             os.kill(os.getpid(), signal.SIGTERM)
         noise = torch.randn_like(batch["x"]) * 0.1
         h = self.trainable["net"](batch["x"] + noise)

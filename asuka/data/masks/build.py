@@ -8,7 +8,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import asuka.utils.cli  # noqa: F401  (registers the resolvers that configs/paths uses)
+import asuka.utils.cli  # noqa: F401  (registers the resolvers that mask configs reach through ${paths.*})
 from asuka.data.masks.mixed import DEFAULT_PROBS, MixedMaskGenerator
 from asuka.data.masks.objects import build_object_source
 from asuka.utils.errors import ConfigError

@@ -1,0 +1,46 @@
+"""Local weight files for frozen third-party networks (Inception, LPIPS trunks): found on disk, never downloaded."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from asuka.utils.errors import AsukaError
+
+
+def hub_checkpoint_dir() -> Path:
+    """The folder torch/torchvision download weights into (honours $TORCH_HOME); we only ever read from it."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, recorded next to every metric so two results can be checked for the same weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_weights_file(
+    explicit: str | os.PathLike | None, standard_name: str, url: str, what: str, config_key: str, hint: str = ""
+) -> Path:
+    """Find a local weights file: ``explicit`` (a file, or a folder holding ``standard_name``), else the torch cache.
+
+    Raises AsukaError naming the file to fetch and where to put it (plus ``hint``); nothing is downloaded.
+    """
+    if explicit not in (None, ""):
+        path = Path(explicit).expanduser()
+        if path.is_dir():
+            path = path / standard_name
+        if not path.is_file():
+            raise AsukaError(f"{config_key}={explicit}: {what} weights file {path} not found "
+                             f"(expected {standard_name}, from {url})")
+        return path
+    path = hub_checkpoint_dir() / standard_name
+    if not path.is_file():
+        raise AsukaError(f"{what} weights not found: put {standard_name} (from {url}) into {path.parent}/ or set "
+                         f"{config_key}=/path/to/file; nothing is downloaded{hint}")
+    return path
