@@ -59,6 +59,16 @@ def test_masks_task_writes_rate(tmp_path: Path) -> None:
     assert sum(r["kinds"].values()) == 10
 
 
+def test_train_align_tiny_runs_the_real_stage(tmp_path: Path) -> None:
+    """Smoke test of a train task (the stage modules change often): the real AlignStage, one timed step."""
+    report = run_script(tmp_path, "task=train_align", "model=tiny", "device=cpu", "size=64", "batch=2", "repeats=1")
+    r = report["results"]
+    assert r["images_per_s"] > 0 and r["flops_per_step"] > 0 and r["losses_finite"]
+    assert r["batch_per_device"] == 2 and r["resolution"] == 64 and r["mixed_precision"] == "no"
+    assert r["mfu"] is None  # no GPU
+    assert set(r["trainable_parameters_m"]) == {"alignment"}
+
+
 # ------------------------------------------------------------------------------------------------ timing
 def test_summarize_known_durations() -> None:
     durations = [3.0, 1.0, 2.0, 10.0]

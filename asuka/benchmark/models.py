@@ -80,28 +80,33 @@ def model_config(name: str) -> DictConfig:
     return cfg
 
 
-def build_sd15_inpaint(seed: int = 0) -> SDComponents:
+SD_PARTS = ("unet", "vae", "scheduler")
+
+
+def build_sd15_inpaint(seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDComponents:
     """SD-1.5 inpainting UNet (~860M parameters) and VAE (~84M) at the released sizes, randomly initialised
-    (each after ``manual_seed(seed)`` in a forked RNG), frozen and in eval mode, with SD's noise schedule."""
+    (each after ``manual_seed(seed)`` in a forked RNG), frozen and in eval mode, with SD's noise schedule.
+    Only ``parts`` are built (the others are None), as ``load_sd_inpaint(..., parts=...)`` does."""
+    unet = vae = None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG)
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(**SD15_VAE_CONFIG)
-    scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
-    for module in (unet, vae):
-        module.requires_grad_(False).eval()
+        if "unet" in parts:
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG).requires_grad_(False).eval()
+        if "vae" in parts:
+            torch.manual_seed(seed)
+            vae = AutoencoderKL(**SD15_VAE_CONFIG).requires_grad_(False).eval()
+    scheduler = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG) if "scheduler" in parts else None
     return SDComponents(unet=unet, vae=vae, scheduler=scheduler)
 
 
-def build_sd(name: str, seed: int = 0) -> SDComponents:
+def build_sd(name: str, seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDComponents:
     """Frozen random SD-inpainting components for ``model=sd15`` (paper size) or ``model=tiny``."""
     if check_model_name(name) == "sd15":
-        return build_sd15_inpaint(seed)
+        return build_sd15_inpaint(seed, parts)
     sd = build_tiny_sd(seed)
     for module in (sd.unet, sd.vae):
         module.requires_grad_(False).eval()
-    return sd
+    return SDComponents(*(getattr(sd, name) if name in parts else None for name in SD_PARTS))
 
 
 def build_mae(model_cfg: DictConfig, seed: int = 0) -> MaskedAutoencoderViT:

@@ -116,6 +116,9 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 
 def _finite(images: Any) -> bool:
+    """Pipeline output (tensor, array, or a list of PIL images) holds no NaN or inf."""
+    if isinstance(images, (list, tuple)):
+        return all(_finite(i) for i in images)
     arr = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images, dtype=np.float32))
     return bool(torch.isfinite(arr.float()).all())
 
@@ -253,17 +256,23 @@ def compose_stage_config(name: str, overrides: list[str]) -> DictConfig:
 
 def stage_overrides(cfg: DictConfig, env: BenchEnv) -> list[str]:
     """The stage config the benchmark times: the paper (or tiny) models, the shipped samples as data, no tracker,
-    the benchmark's precision, size and batch; then the user's ``train.stage_overrides``."""
-    mixed = _MIXED[env.dtype]
+    the benchmark's size and batch; then the user's ``train.stage_overrides``.
+
+    Precision: ``dtype=auto`` keeps the stage config's ``trainer.mixed_precision`` on CUDA (what training really
+    uses) and fp32 on CPU; an explicit dtype overrides it.
+    """
     out = [
         f"model={bm.MODEL_CONFIG_NAMES[env.model]}",
         "dataset=samples",
         "logger=none",
-        f"trainer.mixed_precision={mixed}",
         f"trainer.cpu={str(env.device.type == 'cpu').lower()}",
         f"resolution={env.size}",
         "trainer.num_workers=0",
     ]
+    if str(cfg.get("dtype", "auto")) != "auto":
+        out.append(f"trainer.mixed_precision={_MIXED[env.dtype]}")
+    elif env.device.type == "cpu":
+        out.append("trainer.mixed_precision=no")
     if env.batch is not None:
         out.append(f"trainer.batch_size={env.batch}")
     if env.task == "train_decoder":
@@ -283,11 +292,13 @@ def random_weight_loaders(env: BenchEnv) -> Iterator[None]:
         return
     from asuka.models.sd import resolve_dtype
 
-    def load_sd(sd_cfg: Any, path: Any, device: Any = "cpu", dtype: Any = None) -> Any:
-        sd = bm.build_sd("sd15", env.seed)
+    def load_sd(sd_cfg: Any, path: Any, device: Any = "cpu", dtype: Any = None,
+                parts: tuple[str, ...] = bm.SD_PARTS) -> Any:
+        sd = bm.build_sd("sd15", env.seed, tuple(parts))
         dt = resolve_dtype(dtype if dtype is not None else sd_cfg.get("dtype", "float32"))
         for module in (sd.unet, sd.vae):
-            _place(module, torch.device(device), dt).requires_grad_(False).eval()
+            if module is not None:
+                _place(module, torch.device(device), dt).requires_grad_(False).eval()
         return sd
 
     def load_mae(cfg: Any, path: Any = None) -> Any:
@@ -342,13 +353,21 @@ def _real_batch(stage: Any, batch_size: int, device: torch.device) -> dict[str, 
 
 
 def _data_seconds_per_sample(stage: Any, n: int) -> float:
-    """Median seconds to produce one training sample (decode, crop, mask) in this process: one loader worker."""
+    """Median seconds to produce one training sample (decode, crop, mask, to tensor): one loader worker's speed.
+
+    Measured with one torch thread, as in a DataLoader worker (PyTorch sets that in every worker).
+    """
     dataset = stage.train_dataset()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     times = []
-    for i in range(n):
-        start = time.perf_counter()
-        dataset[(1, i % len(dataset))]
-        times.append(time.perf_counter() - start)
+    try:
+        for i in range(n):
+            start = time.perf_counter()
+            dataset[(1, i % len(dataset))]
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return summarize(times).median
 
 
@@ -410,7 +429,7 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     peak = peak_bf16_flops(device_name) if env.device.type == "cuda" else None
     util = mfu(flops, stats.median, peak) if mixed == "bf16" else None
     trainable = {name: bm.parameter_count(m, trainable_only=True) / 1e6 for name, m in stage.trainable.items()}
-    data_s = _data_seconds_per_sample(stage, int(train_cfg.get("data_samples", 8)))
+    data_s = _data_seconds_per_sample(stage, int(train_cfg.get("data_samples", 16)))
     images_per_s = batch_size / stats.median
     return {
         **stats.as_dict("step_s_"),
@@ -422,8 +441,8 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
         "achieved_tflops": flops / stats.median / 1e12,
         "peak_bf16_flops": peak,
         "mfu": util,
-        "mfu_note": None if util is not None else (
-            "MFU needs a CUDA device in the peak table and bf16" if env.device.type == "cuda" else "no GPU: MFU is null"),
+        "mfu_note": None if util is not None else ("MFU needs a CUDA device in the peak table and bf16"
+                                                   if env.device.type == "cuda" else "no GPU: MFU is null"),
         **memory,
         "step_index": step_index,
         "losses_finite": all(math.isfinite(v) for v in losses),
