@@ -176,3 +176,17 @@ def test_sigkill_during_checkpoint_write_then_resume(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
     assert not any(p.name.startswith(ckpt.TMP_PREFIX) for p in (run / "checkpoints").iterdir())
     assert math.isfinite(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_trackers_receive_the_metrics(tmp_path, monkeypatch, tracker):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = toy_config(max_steps=2, val_every=2)
+    cfg.logger = {"tracker": tracker, "project": "asuka-test", "entity": None, "mode": "offline"}
+    fit(cfg, ToyStage, tmp_path / "run")
+    if tracker == "tensorboard":
+        assert list((tmp_path / "run").rglob("events.out.tfevents*"))
+    else:
+        runs = list(tmp_path.rglob("run-*.wandb"))
+        assert runs and runs[0].stat().st_size > 0
