@@ -222,8 +222,9 @@ class Trainer:
         device = self.accelerator.device
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def train_step(self, batches) -> dict:  # noqa: ANN001
-        """One optimizer update; a non-finite loss on any rank skips it everywhere."""
+    def train_step(self, batches, stop_requested: Callable[[], bool] = lambda: False) -> dict:  # noqa: ANN001
+        """One optimizer update; a non-finite loss on any rank skips it everywhere. One all-reduce per step carries
+        finiteness, the count of unreadable images and whether any rank has received SIGTERM by now (``logs["stop"]``)."""
         acc, accum = self.accelerator, int(self.tcfg.grad_accum)
         totals: dict[str, float] = {}
         finite, bad = torch.ones((), device=acc.device), []
@@ -240,9 +241,11 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / accum
             for key, value in out.logs.items():
                 totals[key] = totals.get(key, 0.0) + float(value) / accum
-        stats = acc.reduce(torch.stack([finite, torch.tensor(float(len(bad)), device=acc.device)]), reduction="sum")
-        all_finite = bool(stats[0].item() >= acc.num_processes - 0.5)
-        if stats[1].item() > 0:
+        local = torch.tensor([0.0, float(len(bad)), float(stop_requested())], device=acc.device)
+        local[0] = finite
+        stats = acc.reduce(local, reduction="sum").tolist()
+        all_finite = stats[0] >= acc.num_processes - 0.5
+        if stats[1] > 0:
             self._record_bad(bad)
         if all_finite:
             for name, optimizer in self.optimizers.items():
@@ -260,6 +263,7 @@ class Trainer:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         totals["finite"] = float(all_finite)
+        totals["stop"] = stats[2] > 0
         return totals
 
     def _record_bad(self, bad: list[str]) -> None:
@@ -347,10 +351,12 @@ class Trainer:
         max_steps = int(tcfg.max_steps)
         batches = iter(self._dataloader())
         bar = tqdm(total=max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.stage.name)
-        last_saved, logs, tick = self.step if self.resumed_from else -1, {}, time.perf_counter()
+        last_saved, logs = self.step if self.resumed_from else -1, {}
+        tick, last_logged = time.perf_counter(), self.step
         with _Sigterm() as sigterm:
             while self.step < max_steps:
-                logs = self.train_step(batches)
+                logs = self.train_step(batches, lambda: sigterm.received)
+                stop = logs.pop("stop")
                 self.step += 1
                 bar.update(1)
                 logs.update(
@@ -361,8 +367,8 @@ class Trainer:
                     nonfinite_skipped=self.nonfinite_skipped,
                 )
                 if self.step % int(tcfg.log_every) == 0 or self.step == max_steps or not logs["finite"]:
-                    logs["sec_per_step"] = (time.perf_counter() - tick) / max(1, int(tcfg.log_every))
-                    tick = time.perf_counter()
+                    logs["sec_per_step"] = (time.perf_counter() - tick) / (self.step - last_logged)
+                    tick, last_logged = time.perf_counter(), self.step
                     if acc.is_main_process:
                         self.metrics.write(logs)
                     acc.log({k: v for k, v in logs.items() if k != "step"}, step=self.step)
@@ -376,7 +382,6 @@ class Trainer:
                     else:
                         self.save_checkpoint()
                         last_saved = self.step
-                stop = acc.reduce(torch.tensor(float(sigterm.received), device=acc.device), "sum").item() > 0
                 if stop:
                     log.warning("SIGTERM: checkpointing at step %d and exiting", self.step)
                     break
