@@ -191,13 +191,16 @@ def _load_pretrained(init_path: str | None) -> AsukaDecoder:
 def build_decoder(
     decoder_cfg: DictConfig, sd_vae: nn.Module | None = None, init_path: str | None = None
 ) -> AsukaDecoder:
-    """Build the stage-3 decoder from ``model.decoder`` (``source``: pretrained | from_sd_vae | tiny).
+    """Build the stage-3 decoder from ``model.decoder`` (``source``: pretrained | from_sd_vae | tiny); a given
+    ``init_path`` (released Asymmetric VQGAN weights in diffusers format) means ``pretrained``.
 
     ``from_sd_vae`` copies the SD VAE (required); ``tiny`` copies it when given and is random otherwise. New weights
     (the condition encoder) come from a fixed seed (``model.decoder.seed``, default 0) without touching the global
     RNG. The encoder and quant_conv are frozen in every case.
     """
     source = str(_cfg_get(decoder_cfg, "source", "from_sd_vae"))
+    if init_path not in (None, "", "None", "null"):
+        source = "pretrained"  # released weights, when given (paths.decoder_init), are where training starts
     if source not in _SOURCES:
         raise ConfigError("model.decoder.source", f"unknown source '{source}' ({' | '.join(_SOURCES)})")
     if source == "pretrained":

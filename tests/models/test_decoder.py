@@ -132,6 +132,9 @@ def test_save_and_load_round_trip(tmp_path, decoder):
     # source: pretrained reads such a folder (e.g. converted Asymmetric VQGAN weights)
     again = build_decoder(OmegaConf.create({**TINY, "source": "pretrained"}), init_path=str(tmp_path / "decoder"))
     assert isinstance(again, AsukaDecoder) and not any(p.requires_grad for p in again.encoder.parameters())
+    # a given path (paths.decoder_init) wins over the default source: training starts from those weights
+    given = build_decoder(OmegaConf.create(TINY), init_path=str(tmp_path / "decoder"))
+    assert torch.equal(given(image, mask=mask).sample, decoder(image, mask=mask).sample)
 
 
 def test_build_errors(tmp_path, vae):
