@@ -123,13 +123,6 @@ def build_alignment(model_cfg: DictConfig, seed: int = 0) -> AlignmentModule:
         return AlignmentModule(**OmegaConf.to_container(model_cfg.alignment, resolve=True))
 
 
-def build_decoder(model_cfg: DictConfig, sd_vae: torch.nn.Module) -> torch.nn.Module:
-    """The stage-3 mask-conditioned decoder through the package's own builder (``from_sd_vae`` copies the VAE)."""
-    from asuka.models.decoder import build_decoder as _build
-
-    return _build(model_cfg.decoder, sd_vae)
-
-
 @dataclass
 class InferenceModels:
     """Everything the two inference pipelines need; the SD parts are shared by both."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from unittest import mock
@@ -133,6 +134,7 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     from diffusers import StableDiffusionInpaintPipeline
 
     from asuka.models.sd import build_inference_scheduler
+    from asuka.models.decoder import build_decoder
     from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 
     icfg = cfg.get("inference") or {}
@@ -154,7 +156,7 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     decoder_error = None
     if bool(icfg.get("with_decoder", False)):
         try:
-            decoder = _place(_decoder_for_vae(built.model_cfg, sd.vae), device, dtype).eval()
+            decoder = _place(build_decoder(built.model_cfg.decoder, sd.vae), device, dtype).eval()
             pipes["asuka_decoder"] = AsukaInpaintPipeline(vae=sd.vae, unet=sd.unet, scheduler=scheduler,
                                                           mae=built.mae, alignment=built.alignment, decoder=decoder)
         except AsukaError as exc:
@@ -231,11 +233,6 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     if decoder_error is not None:
         result["decoder_error"] = decoder_error
     return result
-
-
-def _decoder_for_vae(model_cfg: DictConfig, sd_vae: torch.nn.Module) -> torch.nn.Module:
-    """The stage-3 decoder from ``model.decoder``, initialised from the SD VAE as training does."""
-    return bm.build_decoder(model_cfg, sd_vae)
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -328,28 +325,12 @@ def _stage_class(task: str) -> type:
             "train_decoder": getattr(module, "DecoderStage", None)}[task]
 
 
-def _build_optimizers(stage: Any, cfg: DictConfig, effective_batch: int) -> tuple[list, list]:
-    """The engine's optimizers and LR schedules for the stage (asuka.training.optim, same groups and lr rule)."""
-    from asuka.training.optim import build_optimizer, build_scheduler, param_groups, resolve_lr
-
-    optimizers, schedulers = [], []
-    for spec in stage.optimizers():
-        lr = resolve_lr(spec.cfg, effective_batch)
-        modules = {name: stage.trainable[name] for name in spec.modules}
-        groups = param_groups(modules, float(spec.cfg.get("weight_decay", 0.0)), lr, spec.lr_scale)
-        opt = build_optimizer(groups, spec.cfg)
-        optimizers.append(opt)
-        schedulers.append(build_scheduler(opt, spec.cfg, int(cfg.trainer.max_steps), lr))
-    return optimizers, schedulers
-
-
-def _real_batch(stage: Any, batch_size: int, device: torch.device) -> dict[str, Any]:
-    """One batch from the stage's own dataset and collate (the shipped samples, cycled), on the device."""
+def _real_batch(stage: Any, batch_size: int) -> dict[str, Any]:
+    """One batch from the stage's own dataset and collate (the shipped samples, cycled); the engine moves it."""
     dataset = stage.train_dataset()
-    items = [dataset[(0, i % len(dataset))] for i in range(batch_size)]
-    batch = dataset.collate(items)
+    batch = dataset.collate([dataset[(0, i % len(dataset))] for i in range(batch_size)])
     batch.pop("bad", None)
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch
 
 
 def _data_seconds_per_sample(stage: Any, n: int) -> float:
@@ -372,50 +353,37 @@ def _data_seconds_per_sample(stage: Any, n: int) -> float:
 
 
 def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
-    """Build the real stage, then time ``training_step`` + backward + clip + optimizer/scheduler step + zero_grad,
-    as ``asuka.training.engine.Trainer.train_step`` does for one micro-batch with ``grad_accum=1``."""
+    """Build the real stage inside the real engine (``asuka.training.engine.Trainer``: config checks, TF32,
+    accelerate, optimizers and schedules as in training), then time ``Trainer.train_step``: one optimizer update of
+    ``training_step``, backward, the all-reduce, clipping, optimizer/scheduler step and ``zero_grad``."""
+    import itertools
+    import tempfile
+
+    from asuka.training.engine import Trainer
+
     t0 = time.perf_counter()
     stage_cfg = compose_stage_config(STAGE_CONFIG[env.task], stage_overrides(cfg, env))
     batch_size = int(stage_cfg.trainer.batch_size)
     mixed = str(stage_cfg.trainer.mixed_precision)
-    weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
-    if env.device.type == "cuda" and stage_cfg.trainer.get("tf32", True):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     stage_cls = _stage_class(env.task)
     if stage_cls is None:
         raise AsukaError(f"the stage class for {env.task} is missing from {_stage_module(env.task).__name__}")
     torch.manual_seed(env.seed)
     with random_weight_loaders(env):
-        stage = stage_cls(stage_cfg, env.device, weight_dtype)
-    for name, module in stage.trainable.items():
-        stage.trainable[name] = module.to(env.device).train()
-    optimizers, schedulers = _build_optimizers(stage, stage_cfg, batch_size)
-    max_norm = float(stage_cfg.trainer.get("max_grad_norm", 0.0))
-    batch = _real_batch(stage, batch_size, env.device)
+        trainer = Trainer(stage_cfg, stage_cls, Path(tempfile.mkdtemp(prefix="asuka-bench-")))  # nothing is written
+    stage = trainer.stage
+    batch = _real_batch(stage, batch_size)
+    batches = itertools.repeat(batch)
     build_s = time.perf_counter() - t0
 
     train_cfg = cfg.get("train") or {}
-    step_index = 0
     if env.task == "train_decoder" and bool(train_cfg.get("gan_active", True)):
-        step_index = int(stage_cfg.decoder_train.disc_start)  # the steady state: discriminator and adaptive weight on
-    autocast = torch.autocast(env.device.type, dtype=weight_dtype, enabled=mixed != "no")
+        trainer.step = int(stage_cfg.decoder_train.disc_start)  # the steady state: discriminator and adaptive weight on
+    step_index = trainer.step
     losses: list[float] = []
 
     def step() -> None:
-        with autocast:
-            out = stage.training_step(batch, step_index)
-            loss = sum(out.losses.values())
-        loss.backward()
-        for opt, sched in zip(optimizers, schedulers):
-            params = [p for group in opt.param_groups for p in group["params"]]
-            if max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, max_norm)
-            opt.step()
-            sched.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))  # the engine reads the loss every step (a sync, as in training)
+        losses.append(trainer.train_step(batches)["loss"])  # the engine reads the loss every step (a sync)
 
     for _ in range(max(1, env.warmup)):  # at least one: the first step allocates optimizer state
         step()

@@ -22,6 +22,7 @@ from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)
 
+
 def _given(value: Any) -> bool:
     return value is not None and str(value) not in ("", "None", "null")
 

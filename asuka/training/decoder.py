@@ -28,15 +28,8 @@ from asuka.training.engine import fit
 from asuka.training.latent_aug import DecoderTrainDataset, LatentCache
 from asuka.training.modules import unwrap
 from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
+from asuka.training.validate import check_fraction
 from asuka.utils.errors import ConfigError
-
-
-
-def _fraction(cfg: DictConfig, key: str) -> float:
-    value = cfg.decoder_train.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"decoder_train.{key}", f"must be in [0, 1], got {value!r}")
-    return float(value)
 
 
 class DecoderStage(Stage):
@@ -45,7 +38,8 @@ class DecoderStage(Stage):
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(cfg, device, weight_dtype)
         dcfg = cfg.decoder_train
-        latent_aug_prob, all_hole_prob = _fraction(cfg, "latent_aug_prob"), _fraction(cfg, "all_hole_prob")
+        latent_aug_prob = check_fraction(dcfg.get("latent_aug_prob"), "decoder_train.latent_aug_prob")
+        all_hole_prob = check_fraction(dcfg.get("all_hole_prob"), "decoder_train.all_hole_prob")
         self.posterior = str(dcfg.get("posterior", "sample"))
         if self.posterior not in ("sample", "mode"):
             raise ConfigError("decoder_train.posterior", f"must be sample or mode, got {self.posterior!r}")

@@ -227,6 +227,7 @@ class Trainer:
         finiteness, the count of unreadable images and whether any rank has received SIGTERM by now (``logs["stop"]``)."""
         acc, accum = self.accelerator, int(self.tcfg.grad_accum)
         totals: dict[str, float] = {}
+        losses: dict[str, torch.Tensor] = {}  # read back once, after the all-reduce: no GPU sync per micro-batch
         finite, bad = torch.ones((), device=acc.device), []
         for micro in range(accum):
             batch = next(batches)
@@ -238,12 +239,12 @@ class Trainer:
             finite = finite * torch.isfinite(loss.detach()).float()
             acc.backward(loss / accum)
             for key, value in {"loss": loss, **{f"loss_{k}": v for k, v in out.losses.items()}}.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) / accum
+                losses[key] = losses.get(key, 0.0) + value.detach().float() / accum
             for key, value in out.logs.items():
                 totals[key] = totals.get(key, 0.0) + float(value) / accum
-        local = torch.tensor([0.0, float(len(bad)), float(stop_requested())], device=acc.device)
-        local[0] = finite
+        local = torch.stack([finite, *torch.tensor([len(bad), stop_requested()], dtype=torch.float, device=acc.device)])
         stats = acc.reduce(local, reduction="sum").tolist()
+        totals.update(zip(losses, torch.stack(list(losses.values())).tolist()))
         all_finite = stats[0] >= acc.num_processes - 0.5
         if stats[1] > 0:
             self._record_bad(bad)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from asuka.data.images import load_image, pil_to_tensor
-from asuka.models.sd import unet_input
+from asuka.models.sd import encode_latents, unet_input
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 
 INDEX_FILE = "index.json"
@@ -379,8 +379,8 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
             good = [(i, x) for i, x in batch if x is not None]
             results: dict[int, torch.Tensor] = {}
             if good:
-                pixels = torch.stack([x for _, x in good]).to(device=device, dtype=sd.vae.dtype)
-                z0 = sd.vae.encode(pixels).latent_dist.mode().float() * scaling
+                pixels = torch.stack([x for _, x in good])
+                z0 = encode_latents(sd.vae, pixels, sample_mode="mode").float()
                 draws = [
                     item_randomness(int(cfg.seed), i, int(cfg.t_min), int(cfg.t_max), latent_shape) for i, _ in good
                 ]

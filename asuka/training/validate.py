@@ -16,9 +16,11 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
     return value
 
 
-def _fraction(value: object, key: str) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+def check_fraction(value: object, key: str) -> float:
+    """``value`` as a float in [0, 1], or a ConfigError naming ``key``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
         raise ConfigError(key, f"must be in [0, 1], got {value!r}")
+    return float(value)
 
 
 def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
@@ -33,12 +35,12 @@ def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
     resolution = _positive_int(cfg, "resolution", minimum=8)
     if resolution % 8:
         raise ConfigError("resolution", f"must be divisible by 8 (the VAE downsamples by 8), got {resolution}")
-    _fraction(cfg.trainer.max_bad_fraction, "trainer.max_bad_fraction")
+    check_fraction(cfg.trainer.max_bad_fraction, "trainer.max_bad_fraction")
     hole_range = cfg.get("mask", {}).get("hole_range")
     if hole_range is not None:
         lo, hi = (float(v) for v in hole_range)
-        _fraction(lo, "mask.hole_range")
-        _fraction(hi, "mask.hole_range")
+        check_fraction(lo, "mask.hole_range")
+        check_fraction(hi, "mask.hole_range")
         if lo > hi:
             raise ConfigError("mask.hole_range", f"lower bound {lo} exceeds upper bound {hi}")
     accum = int(cfg.trainer.grad_accum)
