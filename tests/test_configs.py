@@ -6,7 +6,8 @@ import pytest
 from conftest import compose_config
 from asuka.training.run_folder import config_container
 
-PRIMARY = ["train_mae", "train_align", "train_decoder", "eval", "make_latent_aug", "export_pipeline", "inpaint"]
+PRIMARY = ["train_mae", "train_align", "train_decoder", "eval", "make_latent_aug", "make_align_latents", "export_pipeline",
+           "inpaint"]
 
 
 @pytest.mark.parametrize("name", PRIMARY)

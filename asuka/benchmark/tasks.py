@@ -10,6 +10,7 @@ random weights of the same architecture (``model=sd15``), so nothing is download
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 from pathlib import Path
@@ -301,20 +302,22 @@ def random_weight_loaders(env: BenchEnv) -> Iterator[None]:
     def load_mae(cfg: Any, path: Any = None) -> Any:
         return bm.build_mae(bm.model_config("sd15"), env.seed).requires_grad_(False).eval()
 
-    targets = {"train_align": {"load_sd_inpaint": load_sd, "load_frozen_mae": load_mae},
-               "train_decoder": {"load_sd_inpaint": load_sd}}.get(env.task, {})
-    module = _stage_module(env.task)
+    targets = {
+        "train_align": [("asuka.training.align", "load_sd_inpaint", load_sd),
+                        ("asuka.training.align", "load_frozen_mae", load_mae),
+                        ("asuka.training.align_latents", "load_sd_inpaint", load_sd)],
+        "train_decoder": [("asuka.training.decoder", "load_sd_inpaint", load_sd)],
+    }.get(env.task, [])
     with contextlib.ExitStack() as stack:
-        for name, fake in targets.items():
+        for module_name, name, fake in targets:
+            module = importlib.import_module(module_name)
             if not hasattr(module, name):
-                raise AsukaError(f"{module.__name__} no longer imports {name}; update asuka/benchmark/tasks.py")
+                raise AsukaError(f"{module_name} no longer imports {name}; update asuka/benchmark/tasks.py")
             stack.enter_context(mock.patch.object(module, name, fake))
         yield
 
 
 def _stage_module(task: str) -> Any:
-    import importlib
-
     return importlib.import_module({"train_mae": "asuka.training.mae", "train_align": "asuka.training.align",
                                     "train_decoder": "asuka.training.decoder"}[task])
 
@@ -352,6 +355,21 @@ def _data_seconds_per_sample(stage: Any, n: int) -> float:
     return summarize(times).median
 
 
+def _build_align_latents(overrides: list[str], env: BenchEnv) -> Path:
+    """``train.align_latents=true``: the stage-2 latent cache of the benchmark's samples, built by the real builder
+    (``model=sd15``: with the random VAE) in a temporary folder, so the timed step reads latents instead of encoding.
+    """
+    import tempfile
+
+    from asuka.training.align_latents import build_align_latents
+
+    out = Path(tempfile.mkdtemp(prefix="asuka-bench-latents-"))
+    cache_cfg = compose_stage_config("make_align_latents", [*overrides, f"paths.align_latents={out}", "num_workers=0"])
+    with random_weight_loaders(env):
+        build_align_latents(cache_cfg)
+    return out
+
+
 def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     """Build the real stage inside the real engine (``asuka.training.engine.Trainer``: config checks, TF32,
     accelerate, optimizers and schedules as in training), then time ``Trainer.train_step``: one optimizer update of
@@ -362,7 +380,11 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     from asuka.training.engine import Trainer
 
     t0 = time.perf_counter()
-    stage_cfg = compose_stage_config(STAGE_CONFIG[env.task], stage_overrides(cfg, env))
+    train_cfg = cfg.get("train") or {}
+    overrides = stage_overrides(cfg, env)
+    if env.task == "train_align" and bool(train_cfg.get("align_latents", False)):
+        overrides.append(f"paths.align_latents={_build_align_latents(overrides, env)}")
+    stage_cfg = compose_stage_config(STAGE_CONFIG[env.task], overrides)
     batch_size = int(stage_cfg.trainer.batch_size)
     mixed = str(stage_cfg.trainer.mixed_precision)
     stage_cls = _stage_class(env.task)
@@ -376,7 +398,6 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     batches = itertools.repeat(batch)
     build_s = time.perf_counter() - t0
 
-    train_cfg = cfg.get("train") or {}
     if env.task == "train_decoder" and bool(train_cfg.get("gan_active", True)):
         trainer.step = int(stage_cfg.decoder_train.disc_start)  # the steady state: discriminator and adaptive weight on
     step_index = trainer.step
@@ -418,7 +439,7 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
         "data_s_per_sample": data_s,
         "data_workers_needed": images_per_s * data_s,
         "build_s": build_s,
-        "stage_overrides": stage_overrides(cfg, env),
+        "stage_overrides": overrides,
     }
 
 

@@ -254,12 +254,21 @@ def encode_masked_image(
         raise ValueError(
             f"expected image [B,3,H,W] and mask [B,1,H,W], got {tuple(image.shape)} and {tuple(mask.shape)}"
         )
-    factor = vae_scale_factor(vae)
-    height, width = image.shape[-2:]
-    mask_latent = F.interpolate(mask.float(), size=(height // factor, width // factor))
-    masked_image = image * (mask < 0.5)
-    masked_image_latents = encode_latents(vae, masked_image, generator=generator, sample_mode=sample_mode)
+    masked_image_latents = encode_latents(vae, masked_image(image, mask), generator=generator, sample_mode=sample_mode)
+    mask_latent = latent_mask(vae, mask)
     return mask_latent.to(device=masked_image_latents.device, dtype=masked_image_latents.dtype), masked_image_latents
+
+
+def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpainting UNet's masked image: holes (``mask >= 0.5``) set to 0, i.e. grey in [-1, 1]."""
+    return image * (mask < 0.5)
+
+
+def latent_mask(vae: AutoencoderKL, mask: torch.Tensor) -> torch.Tensor:
+    """``mask [B,1,H,W]`` resized to the latent grid with nearest interpolation, as diffusers' pipeline does."""
+    factor = vae_scale_factor(vae)
+    height, width = mask.shape[-2:]
+    return F.interpolate(mask.float(), size=(height // factor, width // factor))
 
 
 def unet_input(

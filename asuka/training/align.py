@@ -14,7 +14,15 @@ from torch.utils.data import Dataset
 from asuka.data.datasets import build_train_dataset
 from asuka.models.alignment import AlignmentModule
 from asuka.models.mae_import import load_frozen_mae
-from asuka.models.sd import build_inference_scheduler, encode_latents, encode_masked_image, load_sd_inpaint, unet_input
+from asuka.models.sd import (
+    build_inference_scheduler,
+    encode_latents,
+    encode_masked_image,
+    latent_mask,
+    load_sd_inpaint,
+    unet_input,
+)
+from asuka.training.align_latents import CachedAlignDataset, open_align_latents, sample_cached_latents
 from asuka.training.engine import fit
 from asuka.training.modules import unwrap
 from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
@@ -33,6 +41,8 @@ class AlignStage(Stage):
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(cfg, device, weight_dtype)
         self._dataset = build_train_dataset(cfg)
+        if cfg.paths.get("align_latents"):  # precomputed VAE latents; checked before any model loads
+            self._dataset = CachedAlignDataset(self._dataset, open_align_latents(cfg, self._dataset))
         frozen_dtype = weight_dtype if cfg.align.cast_frozen else torch.float32
         self.sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, frozen_dtype)
         if cfg.align.gradient_checkpointing:
@@ -55,21 +65,26 @@ class AlignStage(Stage):
         return reconstructed_prior_prob(step, float(p.p_start), float(p.p_end), int(p.decay_steps))
 
     @torch.no_grad()
-    def _frozen_inputs(self, image: torch.Tensor, mask: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
-        """Everything the frozen MAE and VAE contribute to a step: prior, target latents, 9-channel conditions."""
+    def _frozen_inputs(self, batch: dict, step: int) -> tuple[torch.Tensor, ...]:
+        """Everything the frozen MAE and VAE contribute to a step: prior, target latents, 9-channel conditions
+        (the latents drawn from the batch's cached ``"moments"`` when training reads ``paths.align_latents``)."""
+        image, mask = batch["image"], batch["mask"]
         swap = torch.rand(image.shape[0], device=image.device) < self.prior_prob(step)
         prior_mask = mask * (~swap).to(mask.dtype)[:, None, None, None]  # swapped samples: nothing masked
         prior = self.mae.prior(image.float(), prior_mask.float())
         vae = self.sd.vae
-        latents = encode_latents(vae, image)
-        mask_latent, masked_latents = encode_masked_image(vae, image, mask)
+        if "moments" in batch:
+            latents, masked_latents = sample_cached_latents(batch["moments"], vae.config.scaling_factor)
+            mask_latent = latent_mask(vae, mask)
+        else:
+            latents = encode_latents(vae, image)
+            mask_latent, masked_latents = encode_masked_image(vae, image, mask)
         return prior, latents, mask_latent, masked_latents, swap.float().mean()
 
     def training_step(self, batch: dict, step: int) -> StepOutput:
-        image, mask = batch["image"], batch["mask"]
-        prior, latents, mask_latent, masked_latents, swapped = self._frozen_inputs(image, mask, step)
+        prior, latents, mask_latent, masked_latents, swapped = self._frozen_inputs(batch, step)
         scheduler = self.sd.scheduler
-        noise = torch.randn_like(latents)
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)  # layout-independent draw
         t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
         noisy = scheduler.add_noise(latents, noise, t)
         context = self.trainable["alignment"](prior)

@@ -25,7 +25,7 @@ from asuka.models.sd import load_sd_inpaint
 from asuka.models.lpips import build_lpips
 from asuka.training.decoder_losses import DecoderLoss, NLayerDiscriminator
 from asuka.training.engine import fit
-from asuka.training.latent_aug import DecoderTrainDataset, LatentCache
+from asuka.training.latent_aug import DecoderTrainDataset, open_latent_aug_cache
 from asuka.training.modules import unwrap
 from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
 from asuka.training.validate import check_fraction
@@ -47,7 +47,7 @@ class DecoderStage(Stage):
         base = build_train_dataset(cfg)
         cache = None
         if latent_aug_prob > 0:  # fail before any model is loaded
-            cache = LatentCache.open(cfg.paths.latent_cache, num_items=len(base), resolution=resolution)
+            cache = open_latent_aug_cache(cfg.paths.latent_cache, len(base), resolution)
         self._dataset = DecoderTrainDataset(base, cache, latent_aug_prob, all_hole_prob, int(cfg.seed))
 
         self.sd_vae = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device, torch.float32, parts=("vae",)).vae

@@ -16,9 +16,8 @@ decoder stage must use that same crop as its target and condition whenever it us
 """
 from __future__ import annotations
 
-import json
 import os
-from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ import torch
 from PIL import Image
 
 from asuka.data.images import load_image, pil_to_tensor
+from asuka.data.latent_cache import LatentCache, build_sharded_cache
 from asuka.models.sd import encode_latents, unet_input
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 
-INDEX_FILE = "index.json"
 CACHE_VERSION = 1
 FIXED_CROP = "center square, resized (bicubic, antialiased) to the resolution, no flip"
 
@@ -87,196 +86,21 @@ def fixed_crop(img: Image.Image, resolution: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- cache
-def shard_name(shard: int) -> str:
-    return f"shard_{shard:05d}.safetensors"
+OPEN_HINT = "run scripts/make_latent_aug.py first, or set decoder_train.latent_aug_prob=0"
 
 
-class LatentCache:
-    """A folder of safetensors shards (``shard_00000.safetensors``: latents keyed by dataset index) + ``index.json``.
-
-    ``index.json`` records the settings the latents were made with and maps indices to shards as ranges
-    (``"shards": {"shard_00000.safetensors": [start, stop]}``, shard ``s`` holding indices ``[s*N, (s+1)*N)``),
-    plus the indices whose image could not be read (``"missing"``). A shard file appears only complete (written to a
-    temporary name, then renamed), so "the file exists" means "the shard is done": a rerun computes only missing
-    shards. Reading is lazy (a few open shards at a time) and survives being pickled into dataloader workers.
-    """
-
-    def __init__(self, root: str | os.PathLike, max_open: int = 32) -> None:
-        self.root = Path(root)
-        self.max_open = max_open
-        self.meta: dict[str, Any] | None = None
-        self._missing: set[int] = set()
-        self._open: OrderedDict[int, Any] = OrderedDict()
-
-    # -- state for pickling: open handles stay behind
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_open"] = OrderedDict()
-        return state
-
-    # -- writing
-    def shard_path(self, shard: int) -> Path:
-        return self.root / shard_name(shard)
-
-    def num_shards(self, num_items: int, shard_size: int) -> int:
-        return -(-num_items // shard_size)
-
-    def shard_complete(self, shard: int) -> bool:
-        return self.shard_path(shard).is_file()
-
-    def write_shard(
-        self, shard: int, latents: dict[int, torch.Tensor], start: int, stop: int, missing: list[int]
-    ) -> None:
-        """Write one shard atomically: a temporary file in the same folder, fsync, rename."""
-        from safetensors.torch import save_file
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{shard_name(shard)}.{os.getpid()}"
-        tensors = {str(i): v.detach().cpu().contiguous() for i, v in latents.items()}
-        metadata = {"start": str(start), "stop": str(stop), "missing": json.dumps(sorted(missing))}
-        save_file(tensors, str(tmp), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file private; a shared cache must be readable
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.shard_path(shard))
-
-    def shard_missing(self, shard: int) -> list[int]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.shard_path(shard)), framework="pt") as fh:
-            return json.loads((fh.metadata() or {}).get("missing", "[]"))
-
-    def write_index(self, meta: dict[str, Any]) -> None:
-        """Write ``index.json`` atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{INDEX_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, self.root / INDEX_FILE)
-        self.meta = meta
-
-    def read_index(self) -> dict[str, Any] | None:
-        path = self.root / INDEX_FILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise AsukaError(f"{path}: unreadable latent-cache index ({exc})") from None
-
-    # -- reading
-    @classmethod
-    def open(
-        cls, root: str | os.PathLike, num_items: int | None = None, resolution: int | None = None
-    ) -> "LatentCache":
-        """Open a finished cache for training; AsukaError when it is missing, unfinished or made for other data."""
-        cache = cls(root)
-        meta = cache.read_index()
-        hint = "run scripts/make_latent_aug.py first, or set decoder_train.latent_aug_prob=0"
-        if meta is None:
-            raise AsukaError(f"{cache.root / INDEX_FILE}: no latent-augmentation cache here ({hint})")
-        if not meta.get("complete"):
-            raise AsukaError(f"{cache.root}: the latent-augmentation cache is unfinished ({hint} to complete it)")
-        if num_items is not None and int(meta["num_items"]) != int(num_items):
-            raise AsukaError(
-                f"{cache.root}: cache made for {meta['num_items']} images, the dataset has {num_items} ({hint})"
-            )
-        if resolution is not None and int(meta["resolution"]) != int(resolution):
-            raise AsukaError(
-                f"{cache.root}: cache made at resolution {meta['resolution']}, training uses {resolution} ({hint})"
-            )
-        cache.meta = meta
-        cache._missing = set(int(i) for i in meta.get("missing", []))
-        return cache
-
-    def _handle(self, shard: int) -> Any:
-        from safetensors import safe_open
-
-        if shard in self._open:
-            self._open.move_to_end(shard)
-            return self._open[shard]
-        path = self.shard_path(shard)
-        if not path.is_file():
-            return None
-        handle = safe_open(str(path), framework="pt")
-        self._open[shard] = handle
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-        return handle
-
-    def has(self, index: int) -> bool:
-        meta = self.meta
-        return meta is not None and 0 <= index < int(meta["num_items"]) and index not in self._missing
-
-    def get(self, index: int) -> torch.Tensor | None:
-        """The cached latent (float32, VAE space) of dataset item ``index``, or None if it has none."""
-        if not self.has(index):
-            return None
-        handle = self._handle(index // int(self.meta["shard_size"]))
-        if handle is None:
-            return None
-        try:
-            return handle.get_tensor(str(index)).float()
-        except Exception:  # key absent (an unreadable image): no latent
-            return None
+def open_latent_aug_cache(root: str | os.PathLike, num_items: int, resolution: int) -> LatentCache:
+    """The finished cache at ``root`` made for a dataset of ``num_items`` images at ``resolution``."""
+    expect = {"num_items": int(num_items), "resolution": int(resolution)}
+    return LatentCache.open(root, expect, hint=OPEN_HINT, what="latent-augmentation cache")
 
 
-def pending_shards(cache: LatentCache, num_items: int, shard_size: int, rank: int, world_size: int) -> list[int]:
-    """This rank's shards (``s % world_size == rank``) that are not on disk yet."""
-    return [
-        s for s in range(cache.num_shards(num_items, shard_size))
-        if s % world_size == rank and not cache.shard_complete(s)
-    ]
-
-
-class ShardWriter:
-    """Collects latents in index order and writes each shard the moment its last item has been seen."""
-
-    def __init__(self, cache: LatentCache, num_items: int, shard_size: int, dtype: torch.dtype) -> None:
-        self.cache, self.num_items, self.shard_size, self.dtype = cache, num_items, shard_size, dtype
-        self._latents: dict[int, dict[int, torch.Tensor]] = {}
-        self._missing: dict[int, list[int]] = {}
-        self._seen: dict[int, int] = {}
-        self.written: list[int] = []
-
-    def _bounds(self, shard: int) -> tuple[int, int]:
-        return shard * self.shard_size, min(self.num_items, (shard + 1) * self.shard_size)
-
-    def add(self, index: int, latent: torch.Tensor | None) -> None:
-        shard = index // self.shard_size
-        if latent is None:
-            self._missing.setdefault(shard, []).append(index)
-        else:
-            self._latents.setdefault(shard, {})[index] = latent.detach().to("cpu", self.dtype)
-        self._seen[shard] = self._seen.get(shard, 0) + 1
-        start, stop = self._bounds(shard)
-        if self._seen[shard] == stop - start:
-            self.cache.write_shard(shard, self._latents.pop(shard, {}), start, stop, self._missing.pop(shard, []))
-            del self._seen[shard]
-            self.written.append(shard)
-
-
-class _FixedCropImages(torch.utils.data.Dataset):
-    """The cache's view of the dataset: ``(index, fixed crop or None if unreadable)``."""
-
-    def __init__(self, items: list, indices: list[int], resolution: int) -> None:
-        self.items, self.indices, self.resolution = items, indices, resolution
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
-        index = self.indices[i]
-        try:
-            return index, fixed_crop(load_image(self.items[index].image), self.resolution)
-        except DataError:
-            return index, None
-
-
-def _keep_lists(batch: list) -> list:
-    """DataLoader collate that keeps ``(index, image or None)`` pairs as they are."""
-    return batch
+def _load_fixed_crop(items: list, resolution: int, index: int) -> torch.Tensor | None:
+    """The cache's view of dataset item ``index``: its fixed crop, or None if the image is unreadable."""
+    try:
+        return fixed_crop(load_image(items[index].image), resolution)
+    except DataError:
+        return None
 
 
 def cache_settings(cfg: Any, num_items: int, latent_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -325,7 +149,6 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     timestep and noise depend only on ``(seed, index)``).
     """
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
     from asuka.data.sources import build_image_source
     from asuka.models.sd import load_sd_inpaint
@@ -345,69 +168,30 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     if resolution % factor:
         raise ConfigError("resolution", f"must be divisible by {factor}")
     latent_shape = (int(sd.vae.config.latent_channels), resolution // factor, resolution // factor)
-    cache = LatentCache(cfg.out)
-    settings = cache_settings(cfg, len(items), latent_shape)
-    existing = cache.read_index()
-    if existing is not None:
-        old = {k: existing.get(k) for k in settings}
-        if old != settings:
-            diff = sorted(k for k in settings if old[k] != settings[k])
-            raise AsukaError(f"{cache.root}: a cache made with other settings ({', '.join(diff)}) is there; "
-                             f"use another out= folder or delete it")
-    state.wait_for_everyone()
-    if state.is_main_process and (existing is None or existing.get("complete")):
-        cache.write_index({**settings, "complete": False})
-    state.wait_for_everyone()
-
-    shard_size = int(cfg.shard_size)
-    todo = pending_shards(cache, len(items), shard_size, state.process_index, state.num_processes)
-    indices = [i for s in todo for i in range(s * shard_size, min(len(items), (s + 1) * shard_size))]
-    loader = torch.utils.data.DataLoader(
-        _FixedCropImages(items, indices, resolution),
-        batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.get("num_workers", 0)),
-        collate_fn=_keep_lists,
-    )
-    writer = ShardWriter(cache, len(items), shard_size, getattr(torch, str(cfg.dtype)))
     cond_one = latent_condition(cfg, 1, sd.unet, device)
     scaling = float(sd.vae.config.scaling_factor)
-    bar = tqdm(
-        total=len(indices), disable=not state.is_local_main_process, desc=f"latent aug (rank {state.process_index})"
+
+    def compute(good: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        z0 = encode_latents(sd.vae, torch.stack([x for _, x in good]), sample_mode="mode").float()
+        draws = [item_randomness(int(cfg.seed), i, int(cfg.t_min), int(cfg.t_max), latent_shape) for i, _ in good]
+        t = torch.tensor([d[0] for d in draws], device=device)
+        noise = torch.stack([d[1] for d in draws]).to(device)
+        cond = cond_one.expand(len(good), -1, -1)
+        return list(one_step_estimate(sd.unet, sd.scheduler, z0, t, noise, cond) / scaling)
+
+    return build_sharded_cache(
+        cfg.out,
+        cache_settings(cfg, len(items), latent_shape),
+        len(items),
+        partial(_load_fixed_crop, items, resolution),
+        compute,
+        shard_size=int(cfg.shard_size),
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.get("num_workers", 0)),
+        dtype=getattr(torch, str(cfg.dtype)),
+        state=state,
+        desc="latent aug",
     )
-    with torch.no_grad():
-        for batch in loader:
-            good = [(i, x) for i, x in batch if x is not None]
-            results: dict[int, torch.Tensor] = {}
-            if good:
-                pixels = torch.stack([x for _, x in good])
-                z0 = encode_latents(sd.vae, pixels, sample_mode="mode").float()
-                draws = [
-                    item_randomness(int(cfg.seed), i, int(cfg.t_min), int(cfg.t_max), latent_shape) for i, _ in good
-                ]
-                t = torch.tensor([d[0] for d in draws], device=device)
-                noise = torch.stack([d[1] for d in draws]).to(device)
-                cond = cond_one.expand(len(good), -1, -1)
-                z0_hat = one_step_estimate(sd.unet, sd.scheduler, z0, t, noise, cond) / scaling
-                results = {i: z for (i, _), z in zip(good, z0_hat)}
-            for index, _ in batch:
-                writer.add(index, results.get(index))
-            bar.update(len(batch))
-    bar.close()
-    state.wait_for_everyone()
-    summary = {"written": len(writer.written), "out": str(cache.root)}
-    if state.is_main_process:
-        shards = cache.num_shards(len(items), shard_size)
-        absent = [s for s in range(shards) if not cache.shard_complete(s)]
-        if absent:
-            raise AsukaError(f"{cache.root}: shards {absent[:5]} are missing after the build; rerun to complete them")
-        missing = sorted(i for s in range(shards) for i in cache.shard_missing(s))
-        ranges = {
-            shard_name(s): [s * shard_size, min(len(items), (s + 1) * shard_size)] for s in range(shards)
-        }
-        cache.write_index({**settings, "complete": True, "shards": ranges, "missing": missing})
-        summary.update(shards=shards, missing=len(missing))
-    state.wait_for_everyone()
-    return summary
 
 
 # -------------------------------------------------------------------------------------- stage-3 dataset

@@ -112,6 +112,15 @@ def test_tensor_round_trip():
         tensor_to_pil(torch.zeros(2, 3, 4, 4))
 
 
+def test_pil_to_tensor_bit_exact():
+    """Every byte value gives exactly float32 ``u / 127.5 - 1`` (training samples must not change between versions)."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    arr = np.stack([values, values[::-1], values.T], axis=-1)
+    expected = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    assert torch.equal(pil_to_tensor(Image.fromarray(arr)), expected)
+    assert torch.equal(pil_to_tensor(Image.fromarray(values)), expected[:1].expand(3, -1, -1))
+
+
 def test_list_images_recursive_sorted_filtered(tmp_path):
     for rel in ("b/2.jpg", "a/1.PNG", "c.webp", "d.bmp", "e.jpeg", "notes.txt", ".hidden/x.png", "masks/m.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

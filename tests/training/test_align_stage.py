@@ -55,7 +55,7 @@ def test_prior_swap_uses_the_unmasked_image():
     """At p = 1 (step 0) every prior is the MAE's prior of the whole image; at p = 0.1 most are of the masked one."""
     stage, batch = demo_stage()
     image, mask = batch["image"], batch["mask"]
-    prior, *_, swapped = stage._frozen_inputs(image, mask, step=0)
+    prior, *_, swapped = stage._frozen_inputs(batch, step=0)
     assert swapped == 1.0
     assert torch.allclose(prior, stage.mae.prior(image, torch.zeros_like(mask)), atol=1e-6)
 

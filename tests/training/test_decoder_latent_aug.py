@@ -13,16 +13,14 @@ from safetensors.torch import load_file
 
 from asuka.data.images import load_image
 from asuka.models.sd import build_tiny_sd
+from asuka.data.latent_cache import INDEX_FILE, LatentCache, pending_shards, shard_name
 from asuka.training.latent_aug import (
-    INDEX_FILE,
     DecoderTrainDataset,
-    LatentCache,
     build_latent_cache,
     fixed_crop,
     item_randomness,
     one_step_estimate,
-    pending_shards,
-    shard_name,
+    open_latent_aug_cache,
 )
 from asuka.utils.errors import AsukaError
 
@@ -82,7 +80,7 @@ def test_cache_is_complete_and_matches_a_direct_computation(built):
     assert meta["complete"] and n == 8 and summary["shards"] == 3 and meta["missing"] == []
     assert meta["shards"] == {shard_name(0): [0, 3], shard_name(1): [3, 6], shard_name(2): [6, 8]}
     assert sorted(p.name for p in out.glob("shard_*")) == [shard_name(s) for s in range(3)]
-    cache = LatentCache.open(out, num_items=n, resolution=64)
+    cache = open_latent_aug_cache(out, n, 64)
     assert all(cache.get(i) is not None for i in range(n)) and cache.get(n) is None
     # item 4, recomputed from scratch
     from asuka.data.sources import build_image_source
@@ -125,13 +123,13 @@ def test_rank_split_and_guards(built, tmp_path):
     with pytest.raises(AsukaError, match="other settings.*t_min"):
         build_latent_cache(cache_config(out, "t_min=600"))
     with pytest.raises(AsukaError, match="make_latent_aug.py"):
-        LatentCache.open(tmp_path / "nowhere")
+        open_latent_aug_cache(tmp_path / "nowhere", 8, 64)
     with pytest.raises(AsukaError, match="resolution"):
-        LatentCache.open(out, resolution=256)
+        open_latent_aug_cache(out, 8, 256)
     unfinished = tmp_path / "unfinished"
     LatentCache(unfinished).write_index({"complete": False})
     with pytest.raises(AsukaError, match="unfinished"):
-        LatentCache.open(unfinished)
+        open_latent_aug_cache(unfinished, 8, 64)
 
 
 def _dataset(cfg, cache, latent_aug_prob, all_hole_prob):
