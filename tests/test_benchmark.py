@@ -137,6 +137,17 @@ def test_count_flops_matches_hand_count() -> None:
     assert count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 4 * 8 * 16
 
 
+def test_count_flops_counts_attention_on_cpu() -> None:
+    """SDPA on the CPU, counted as PyTorch counts its CUDA kernels: forward 2 products (q k^T, p v) of 2 b h s s d
+    FLOPs each; backward 5 (the scores recomputed, then grad p, grad v, grad q, grad k)."""
+    b, h, s, d = 2, 3, 16, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    attention = torch.nn.functional.scaled_dot_product_attention
+    product = 2 * b * h * s * s * d
+    assert count_flops(lambda: attention(q, k, v)) == 2 * product
+    assert count_flops(lambda: attention(q, k, v).sum().backward()) == (2 + 5) * product
+
+
 def test_count_flops_allows_autograd_grad_inside() -> None:
     """The decoder stage calls torch.autograd.grad on a leaf weight inside its step (adaptive GAN weight)."""
     layer = torch.nn.Linear(8, 16)

@@ -364,7 +364,10 @@ def _build_align_latents(overrides: list[str], env: BenchEnv) -> Path:
     from asuka.training.align_latents import build_align_latents
 
     out = Path(tempfile.mkdtemp(prefix="asuka-bench-latents-"))
-    cache_cfg = compose_stage_config("make_align_latents", [*overrides, f"paths.align_latents={out}", "num_workers=0"])
+    precision = "float32" if env.device.type == "cpu" else "bfloat16"  # bf16 convolutions are slow on a CPU
+    cache_cfg = compose_stage_config(
+        "make_align_latents", [*overrides, f"paths.align_latents={out}", "num_workers=0", f"vae_dtype={precision}"]
+    )
     with random_weight_loaders(env):
         build_align_latents(cache_cfg)
     return out

@@ -162,6 +162,23 @@ class _GlobalOnly:
         return None
 
 
+def _cpu_attention_formulas() -> dict[Any, Any]:
+    """PyTorch's FLOP formulas for scaled-dot-product attention, also for the CPU flash kernel, which
+    ``FlopCounterMode`` does not count on its own (the CUDA kernels it counts): without this, CPU counts miss every
+    attention product (5.6% of an SD-1.5 UNet forward at 256 px)."""
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    mapping = {}
+    for cpu_op, counted in (("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
+                            ("_scaled_dot_product_flash_attention_for_cpu_backward",
+                             "_scaled_dot_product_flash_attention_backward")):
+        if hasattr(aten, cpu_op) and getattr(aten, counted) in flop_registry:
+            formula = flop_registry[getattr(aten, counted)]
+            mapping[getattr(aten, cpu_op)] = getattr(formula, "__wrapped__", formula)  # FlopCounterMode re-wraps
+    return mapping
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention; forward and any backward run inside it),
     counted by ``torch.utils.flop_counter.FlopCounterMode``. Optimizer updates and element-wise ops are not counted,
@@ -170,7 +187,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
     The per-module breakdown is switched off: its tracker puts hooks on the autograd graph, and those refuse a
     ``torch.autograd.grad`` inside the step (the decoder stage's adaptive GAN weight). Only the total is needed.
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     if hasattr(counter, "mod_tracker"):
         counter.mod_tracker = _GlobalOnly()
     with counter:

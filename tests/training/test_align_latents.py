@@ -1,8 +1,10 @@
-"""Stage-2 precomputed VAE latents: the cache holds the VAE's own posterior of every epoch-0 sample, a step read from
-it equals a step that encodes (and encodes nothing), resume stays exact, and a cache made for other data is refused
-with one line."""
+"""Stage-2 precomputed VAE latents: the cache holds the VAE's own posterior of every epoch-0 sample, two processes
+build the same cache as one, a step read from it equals a step that encodes (and encodes nothing), resume stays
+exact, and a cache made for other data is refused with one line."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from omegaconf import open_dict
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,6 +21,7 @@ from conftest import REPO, compose_config  # noqa: E402
 from resume_check import assert_resume_exact  # noqa: E402
 
 from asuka.data.datasets import build_train_dataset, collate  # noqa: E402
+from asuka.data.latent_cache import INDEX_FILE, shard_name  # noqa: E402
 from asuka.models.sd import load_sd_inpaint  # noqa: E402
 from asuka.training.align import AlignStage  # noqa: E402
 from asuka.training.align_latents import build_align_latents, files_fingerprint, open_align_latents  # noqa: E402
@@ -130,3 +134,22 @@ def test_scripts_build_then_refuse_a_mismatched_training_run(tmp_path):
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "resolution: 64 in the cache, 32 here" in error[0], refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr
+
+
+def test_two_processes_build_the_same_cache(built, tmp_path):
+    """torchrun with 2 processes: rank r computes shards s with s % 2 == r, and the result is the 1-process cache."""
+    cfg, out, _ = built
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "scripts/make_align_latents.py"), "experiment=demo", f"paths.align_latents={two}",
+           "shard_size=3", "batch_size=2", "num_workers=0", "dtype=float32", "vae_dtype=float32",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 shards, 2 written by rank 0" in proc.stdout  # shards 0 and 2; rank 1 wrote shard 1
+    assert json.loads((two / INDEX_FILE).read_text()) == json.loads((out / INDEX_FILE).read_text())
+    for shard in range(3):
+        one_proc, two_proc = load_file(str(out / shard_name(shard))), load_file(str(two / shard_name(shard)))
+        assert one_proc.keys() == two_proc.keys()
+        for key in one_proc:
+            torch.testing.assert_close(two_proc[key], one_proc[key], atol=1e-4, rtol=1e-4)
