@@ -11,10 +11,12 @@ Facts about diffusers' implementation this module relies on (checked in diffuser
 - Both build ``layers_per_block + 1`` resnets per up block, so ``layers_per_up_block`` must EQUAL the SD VAE's
   ``layers_per_block`` (2 for SD-1.5: 3 resnets per up level). A value of 3 builds 4 resnets (the released
   Asymmetric VQGAN x1.5/x2 decoders) and cannot take SD's weights.
-- The condition encoder sees only the masked image ``(1 - m) x`` (3 channels; the official ASUKA decoder also
-  concatenates the mask). At the input of every up block, and after the last one, features are blended
-  ``h * m + cond * (1 - m)`` with the mask resized by nearest neighbour. With an all-ones mask (all hole) the blend
-  is ``h * 1 + cond * 0 == h`` exactly (for finite ``cond``), so the decode equals the SD VAE's decode bit for bit.
+- Its condition encoder sees only the masked image ``(1 - m) x`` (3 channels), and at the input of every up block
+  features are blended ``h * m + cond * (1 - m)`` with the mask resized by nearest neighbour. The official ASUKA
+  decoder concatenates the mask to the condition and blends with the area-downsampled mask > 0; ``model.decoder.
+  condition_mask_channel`` and ``fusion_mask`` select that (:mod:`asuka.models.condition_decoder`, the default in
+  ``configs/model``). With an all-ones mask (all hole) every blend is ``h * 1 + cond * 0 == h`` exactly (for finite
+  ``cond``), so the decode equals the SD VAE's decode bit for bit in either variant.
 """
 from __future__ import annotations
 
@@ -23,22 +25,60 @@ from typing import Any, Iterator
 
 import torch
 from diffusers import AsymmetricAutoencoderKL
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 # diffusers' pipeline loader looks a component's base class up by name in the component's own module:
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from omegaconf import DictConfig
 from torch import nn
 
+from asuka.models.condition_decoder import FUSION_MASKS, AsukaMaskConditionDecoder
 from asuka.utils.errors import AsukaError, ConfigError
 
 _SOURCES = ("pretrained", "from_sd_vae", "tiny")
 
 
 class AsukaDecoder(AsymmetricAutoencoderKL):
-    """``AsymmetricAutoencoderKL`` with checked inputs and a forward that can take a latent from elsewhere.
+    """``AsymmetricAutoencoderKL`` with checked inputs, a forward that can take a latent from elsewhere, and the
+    official ASUKA condition path when ``condition_mask_channel`` / ``fusion_mask="area_any"`` are set
+    (:mod:`asuka.models.condition_decoder`; the defaults are diffusers' Asymmetric VQGAN, so its released configs
+    load unchanged).
 
     An importable ``asuka`` class, so a diffusers pipeline holding it round-trips through ``save_pretrained``.
     """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",),
+        down_block_out_channels: tuple[int, ...] = (64,),
+        layers_per_down_block: int = 1,
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",),
+        up_block_out_channels: tuple[int, ...] = (64,),
+        layers_per_up_block: int = 1,
+        act_fn: str = "silu",
+        latent_channels: int = 4,
+        norm_num_groups: int = 32,
+        sample_size: int = 32,
+        scaling_factor: float = 0.18215,
+        condition_mask_channel: bool = False,
+        fusion_mask: str = "nearest",
+    ) -> None:
+        super().__init__(
+            in_channels=in_channels, out_channels=out_channels, down_block_types=down_block_types,
+            down_block_out_channels=down_block_out_channels, layers_per_down_block=layers_per_down_block,
+            up_block_types=up_block_types, up_block_out_channels=up_block_out_channels,
+            layers_per_up_block=layers_per_up_block, act_fn=act_fn, latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups, sample_size=sample_size, scaling_factor=scaling_factor,
+        )
+        if condition_mask_channel or fusion_mask != "nearest":
+            self.decoder = AsukaMaskConditionDecoder(
+                in_channels=latent_channels, out_channels=out_channels, up_block_types=up_block_types,
+                block_out_channels=up_block_out_channels, layers_per_block=layers_per_up_block, act_fn=act_fn,
+                norm_num_groups=norm_num_groups, mask_channel=condition_mask_channel, fusion=fusion_mask,
+            )
 
     def _check_condition(self, z: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         """Fail with a clear message where diffusers would silently skip the condition or raise a KeyError."""
@@ -117,7 +157,18 @@ def decoder_kwargs(decoder_cfg: DictConfig, latent_channels: int = 4, scaling_fa
         norm_num_groups=groups,
         sample_size=int(_cfg_get(decoder_cfg, "sample_size", 256)),
         scaling_factor=scaling_factor,
+        **condition_options(decoder_cfg),
     )
+
+
+def condition_options(decoder_cfg: Any) -> dict[str, Any]:
+    """``condition_mask_channel`` and ``fusion_mask`` from a ``model.decoder`` block (official ASUKA: true,
+    area_any; diffusers' Asymmetric VQGAN: false, nearest)."""
+    fusion = str(_cfg_get(decoder_cfg, "fusion_mask", "nearest"))
+    if fusion not in FUSION_MASKS:
+        raise ConfigError("model.decoder.fusion_mask", f"must be one of {', '.join(FUSION_MASKS)}, got {fusion!r}")
+    return {"condition_mask_channel": bool(_cfg_get(decoder_cfg, "condition_mask_channel", False)),
+            "fusion_mask": fusion}
 
 
 def _check_matches_vae(kwargs: dict, sd_vae: nn.Module) -> None:
@@ -204,7 +255,7 @@ def build_decoder(
     if source not in _SOURCES:
         raise ConfigError("model.decoder.source", f"unknown source '{source}' ({' | '.join(_SOURCES)})")
     if source == "pretrained":
-        decoder = _load_pretrained(init_path)
+        decoder = with_condition_options(_load_pretrained(init_path), condition_options(decoder_cfg), init_path)
         if sd_vae is not None and int(decoder.config.latent_channels) != int(sd_vae.config.latent_channels):
             raise AsukaError(
                 f"{init_path}: decoder takes {decoder.config.latent_channels}-channel latents, the SD VAE makes "
@@ -226,6 +277,27 @@ def build_decoder(
             copy_sd_vae_weights(decoder, sd_vae)
     freeze_encoder(decoder)
     return decoder
+
+
+def with_condition_options(decoder: AsukaDecoder, options: dict[str, Any], where: Any = None) -> AsukaDecoder:
+    """``decoder`` with the condition path ``options`` asks for. Released Asymmetric VQGAN weights (a 3-channel
+    condition encoder) gain a mask channel whose input weights start at zero, so the adapted decoder computes
+    exactly what the released one did until training moves them; weights that condition on the mask cannot drop it.
+    """
+    current = {key: decoder.config[key] for key in options}
+    if current == options:
+        return decoder
+    if current["condition_mask_channel"] and not options["condition_mask_channel"]:
+        raise ConfigError("model.decoder.condition_mask_channel",
+                          f"is false but the weights at {where} condition on the mask (a 4-channel condition encoder)")
+    adapted = AsukaDecoder.from_config(decoder.config, **options)
+    state = decoder.state_dict()
+    key = "decoder.condition_encoder.layers.0.weight"
+    if options["condition_mask_channel"] and not current["condition_mask_channel"]:
+        weight = state[key]
+        state[key] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1)
+    adapted.load_state_dict(state)
+    return adapted
 
 
 def freeze_encoder(decoder: AsukaDecoder) -> AsukaDecoder:
