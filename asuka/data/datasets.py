@@ -108,10 +108,14 @@ class TrainDataset(torch.utils.data.Dataset):
         img = img.resize((r, r), Image.BICUBIC, box=(left, top, left + w, top + h))
         if rng.random() < self.flip_prob:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        mask = self.mask_generator(rng, r, r)
+        return {"image": pil_to_tensor(img), "mask": self.draw_mask(rng), "index": index, "bad": bad}
+
+    def draw_mask(self, rng: np.random.Generator) -> torch.Tensor:
+        """A training mask ``[1, R, R]`` (float, 1 = hole) from the generator, with the random numbers of ``rng``."""
+        mask = self.mask_generator(rng, self.resolution, self.resolution)
         if isinstance(mask, tuple):
             mask = mask[0]
-        return {"image": pil_to_tensor(img), "mask": _mask_tensor(mask), "index": index, "bad": bad}
+        return _mask_tensor(mask)
 
 
 def build_train_dataset(cfg: Any) -> "TrainDataset":

@@ -73,6 +73,14 @@ def vae_scale_factor(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def latent_side(vae: torch.nn.Module, resolution: int) -> int:
+    """Latent grid side of a ``resolution``-pixel square; ConfigError on ``resolution`` unless the VAE divides it."""
+    factor = vae_scale_factor(vae)
+    if int(resolution) % factor:
+        raise ConfigError("resolution", f"must be divisible by {factor} (the VAE's downsampling), got {resolution}")
+    return int(resolution) // factor
+
+
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.requires_grad_(False)
     module.eval()

@@ -24,13 +24,12 @@ from omegaconf import OmegaConf
 
 from asuka.data.datasets import TrainDataset, build_train_dataset
 from asuka.data.latent_cache import LatentCache, build_sharded_cache
-from asuka.models.sd import load_sd_inpaint, masked_image, vae_scale_factor
+from asuka.models.sd import latent_side, load_sd_inpaint, masked_image, resolve_dtype
 from asuka.utils.errors import ConfigError, DataError
 
 CACHE_VERSION = 1
 CONTENT = "stage-2 VAE posterior moments: cat(mean, logvar) of E(x) and of E(masked x), epoch-0 samples"
 OPEN_HINT = "build it with scripts/make_align_latents.py and the same overrides, or set paths.align_latents=null"
-STORAGE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def _plain(node: Any) -> Any:
@@ -125,16 +124,11 @@ def build_align_latents(cfg: Any) -> dict[str, Any]:
     out = cfg.paths.get("align_latents")
     if not out:
         raise ConfigError("paths.align_latents", "where to write the cache is not set")
-    for key in ("dtype", "vae_dtype"):
-        if str(cfg[key]) not in STORAGE_DTYPES:
-            raise ConfigError(key, f"must be one of {', '.join(STORAGE_DTYPES)}, got {cfg[key]!r}")
+    storage, vae_dtype = resolve_dtype(cfg.dtype, "dtype"), resolve_dtype(cfg.vae_dtype, "vae_dtype")
     state = PartialState(cpu=bool(cfg.trainer.get("cpu", False)))
     base = build_train_dataset(cfg)
-    vae = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, state.device, str(cfg.vae_dtype), parts=("vae",)).vae
-    factor = vae_scale_factor(vae)
-    if int(cfg.resolution) % factor:
-        raise ConfigError("resolution", f"must be divisible by {factor}")
-    side = int(cfg.resolution) // factor
+    vae = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, state.device, vae_dtype, parts=("vae",)).vae
+    side = latent_side(vae, cfg.resolution)
     settings = {
         **data_identity(cfg, base),
         "shard_size": int(cfg.shard_size),
@@ -158,7 +152,7 @@ def build_align_latents(cfg: Any) -> dict[str, Any]:
         shard_size=int(cfg.shard_size),
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.num_workers),
-        dtype=getattr(torch, str(cfg.dtype)),
+        dtype=storage,
         state=state,
         desc="stage-2 latents",
     )

@@ -151,12 +151,11 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     from accelerate import PartialState
 
     from asuka.data.sources import build_image_source
-    from asuka.models.sd import load_sd_inpaint
+    from asuka.models.sd import latent_side, load_sd_inpaint, resolve_dtype
 
     if int(cfg.t_min) < 0 or int(cfg.t_max) < int(cfg.t_min):
         raise ConfigError("t_min", f"need 0 <= t_min <= t_max, got {cfg.t_min}..{cfg.t_max}")
-    if str(cfg.dtype) not in ("float16", "bfloat16", "float32"):
-        raise ConfigError("dtype", f"must be float16, bfloat16 or float32, got {cfg.dtype!r}")
+    storage = resolve_dtype(cfg.dtype, "dtype")
     state = PartialState(cpu=bool(cfg.get("cpu", False)))
     device = state.device
     items = build_image_source(cfg.dataset, "train")
@@ -164,10 +163,8 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
     if int(cfg.t_max) >= len(sd.scheduler.alphas_cumprod):
         raise ConfigError("t_max", f"must be < {len(sd.scheduler.alphas_cumprod)} (the scheduler's timesteps)")
     resolution = int(cfg.resolution)
-    factor = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-    if resolution % factor:
-        raise ConfigError("resolution", f"must be divisible by {factor}")
-    latent_shape = (int(sd.vae.config.latent_channels), resolution // factor, resolution // factor)
+    side = latent_side(sd.vae, resolution)
+    latent_shape = (int(sd.vae.config.latent_channels), side, side)
     cond_one = latent_condition(cfg, 1, sd.unet, device)
     scaling = float(sd.vae.config.scaling_factor)
 
@@ -188,7 +185,7 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
         shard_size=int(cfg.shard_size),
         batch_size=int(cfg.batch_size),
         num_workers=int(cfg.get("num_workers", 0)),
-        dtype=getattr(torch, str(cfg.dtype)),
+        dtype=storage,
         state=state,
         desc="latent aug",
     )
@@ -235,11 +232,7 @@ class DecoderTrainDataset(torch.utils.data.Dataset):
             image = fixed_crop(load_image(self.base.items[index].image), self.base.resolution)
         except DataError:
             return None
-        r = self.base.resolution
-        mask = self.base.mask_generator(rng, r, r)
-        mask = mask[0] if isinstance(mask, tuple) else mask
-        mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
-        return {"image": image, "mask": mask, "index": index, "bad": [], "latent": latent,
+        return {"image": image, "mask": self.base.draw_mask(rng), "index": index, "bad": [], "latent": latent,
                 "use_latent": torch.tensor(True)}
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
