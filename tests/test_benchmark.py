@@ -69,6 +69,21 @@ def test_train_align_tiny_runs_the_real_stage(tmp_path: Path) -> None:
     assert set(r["trainable_parameters_m"]) == {"alignment"}
 
 
+def test_train_align_with_cached_latents_skips_exactly_the_two_encodes(tmp_path: Path) -> None:
+    """``train.align_latents=true`` builds the cache first; the step's FLOPs drop by exactly two VAE encodes of the
+    batch (image and masked image), counted here on the same tiny VAE."""
+    from asuka.models.sd import build_tiny_sd
+
+    args = ("task=train_align", "model=tiny", "device=cpu", "size=64", "batch=2", "repeats=1")
+    plain = run_script(tmp_path / "plain", *args)["results"]
+    cached = run_script(tmp_path / "cached", *args, "train.align_latents=true")["results"]
+    assert any(o.startswith("paths.align_latents=") for o in cached["stage_overrides"]) and cached["losses_finite"]
+    vae = build_tiny_sd(0).vae.eval()
+    with torch.no_grad():
+        encode = count_flops(lambda: vae.encode(torch.zeros(2, 3, 64, 64)))
+    assert plain["flops_per_step"] - cached["flops_per_step"] == 2 * encode
+
+
 # ------------------------------------------------------------------------------------------------ timing
 def test_summarize_known_durations() -> None:
     durations = [3.0, 1.0, 2.0, 10.0]

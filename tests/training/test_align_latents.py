@@ -118,7 +118,7 @@ def test_the_files_fingerprint_follows_the_files_not_the_folder():
     assert files_fingerprint(items("/data", names)) != files_fingerprint(items("/data", names[:2] + ["b/4.jpg"]))
 
 
-def test_scripts_build_then_refuse_a_mismatched_training_run(tmp_path):
+def test_scripts_build_then_refuse_a_mismatched_training_run_then_train(tmp_path):
     cache = tmp_path / "cache"
 
     def script(name: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -134,6 +134,11 @@ def test_scripts_build_then_refuse_a_mismatched_training_run(tmp_path):
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "resolution: 64 in the cache, 32 here" in error[0], refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr
+    run_dir = tmp_path / "train_ok"
+    trained = script("train_align.py", "trainer.max_steps=2", "trainer.checkpoint_every=2", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == [1, 2] and (run_dir / "final/alignment/config.json").is_file()
 
 
 def test_two_processes_build_the_same_cache(built, tmp_path):
