@@ -26,8 +26,22 @@ $PY scripts/inpaint.py experiment=demo pipeline="$OUT/pipeline" image_dir=data/s
 step "evaluation (random-weight metrics: plumbing only)"
 $PY scripts/eval.py experiment=demo method=asuka paths.pipeline="$OUT/pipeline" hydra.run.dir="$OUT/eval_asuka"
 $PY scripts/eval.py experiment=demo method=sd hydra.run.dir="$OUT/eval_sd"
+step "LAR-Gen: stage A (UNet + Assign), stage B (RefineNet), export with the ASUKA decoder, inpaint, evaluate"
+$PY scripts/train_largen.py experiment=demo hydra.run.dir="$OUT/largen_assign" largen.val_inference_steps=5
+$PY scripts/train_largen.py experiment=demo hydra.run.dir="$OUT/largen_refine" largen.stage=refine \
+    largen.unet="$OUT/largen_assign/final/unet" largen.assign="$OUT/largen_assign/final/assign" largen.val_inference_steps=5
+$PY scripts/export_pipeline.py experiment=demo method=largen largen.unet="$OUT/largen_assign/final/unet" \
+    largen.assign="$OUT/largen_assign/final/assign" largen.refine="$OUT/largen_refine/final/refine" \
+    largen.decoder="$OUT/decoder/final/decoder" out="$OUT/largen_pipeline"
+$PY scripts/inpaint.py experiment=demo method=largen largen.pipeline="$OUT/largen_pipeline" image=data/samples/scene_00.png \
+    mask=data/samples/masks/scene_00.png subject=data/largen_samples/shard_00000/0000000_00_subject.png \
+    subject_mask=data/largen_samples/shard_00000/0000000_00_subject_mask.png prompt="a red ball" steps=10 \
+    out="$OUT/largen_inpainted.png"
+$PY scripts/eval.py experiment=demo method=largen dataset=largen_samples largen.pipeline="$OUT/largen_pipeline" \
+    hydra.run.dir="$OUT/eval_largen"
 step "demo grid"
 $PY -m asuka.demo "$OUT"
 echo; echo "ASUKA (demo):"; cat "$OUT/eval_asuka/results.md"
 echo; echo "SD baseline (demo):"; cat "$OUT/eval_sd/results.md"
+echo; echo "LAR-Gen (demo):"; cat "$OUT/eval_largen/results.md"
 echo; echo "grid: $OUT/demo_grid.png"

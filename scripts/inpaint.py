@@ -9,7 +9,10 @@ from asuka.utils.cli import run
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="inpaint")
 def main(cfg: DictConfig) -> None:
-    from asuka.pipelines.inpaint_files import inpaint
+    if cfg.method.name == "largen":
+        from asuka.pipelines.largen_build import inpaint_largen as inpaint
+    else:
+        from asuka.pipelines.inpaint_files import inpaint
 
     run(inpaint, cfg)
 

@@ -1,6 +1,7 @@
-"""Write a fixed set of masks: python scripts/make_masks.py n=N size=S seed=K out=DIR [mask=eval].
+"""Write a fixed set of masks: python scripts/make_masks.py n=N size=S seed=K out=DIR [mask=eval] [format=bank].
 
-DIR/00000.png... (8-bit, 255 = hole) and DIR/manifest.jsonl ({"file", "kind", "hole_ratio"} per mask). Mask i
+DIR/00000.png... (8-bit, 255 = hole) and DIR/manifest.jsonl ({"file", "kind", "hole_ratio", "generator_version"} per
+mask), or with format=bank a memory-mapped mask bank (masks.npy, kinds.npy, index.json) for mask.source=bank. Mask i
 comes from sample_rng(seed, 0, i): the same seed rewrites identical files.
 """
 import hydra

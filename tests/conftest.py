@@ -9,6 +9,13 @@ from hydra import compose, initialize_config_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# One compute thread per test process (and, through the environment, per script a test starts): on a 2-core machine
+# two intra-op threads spin against each other and the subprocess tests; tiny models gain nothing from more. Set
+# OMP_NUM_THREADS before running pytest to try another count: no test depends on it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -57,14 +57,51 @@ def test_masks_task_writes_rate(tmp_path: Path) -> None:
     r = report["results"]
     assert r["masks_per_s"] > 0 and r["masks_per_s_wall"] > 0
     assert sum(r["kinds"].values()) == 10
+    assert r["anchor_masks_per_s"] > 0 and r["anchor_drawer"] in ("cv2", "PIL")
+    assert r["ratio_to_anchor"] == pytest.approx(r["masks_per_s"] / r["anchor_masks_per_s"])
+
+
+def test_lama_anchor_masks() -> None:
+    from asuka.benchmark.lama_anchor import LamaStyleAnchor
+
+    anchor = LamaStyleAnchor(64)
+    rng = np.random.default_rng(0)
+    masks = [anchor(rng) for _ in range(20)]
+    assert all(m.shape == (1, 64, 64) and m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0} for m in masks)
+    assert 0.02 < np.mean([m.mean() for m in masks]) < 0.6  # holes drawn, not the whole image
+    # the stroke half on its own draws holes too (a canvas that did not share memory once left it empty)
+    from asuka.benchmark import lama_anchor
+
+    for seed in range(5):
+        canvas = np.zeros((64, 64), np.float32 if lama_anchor.cv2 is not None else np.uint8)
+        anchor._irregular(np.random.default_rng(seed), canvas)
+        assert canvas.mean() > 0.01, seed
+
+
+def test_data_task_rows_and_estimate(tmp_path: Path) -> None:
+    report = run_script(tmp_path, "task=data", "data.samples=2", "data.stages=[train_mae]", "data.jpeg_size=64",
+                        "data.bank_masks=4", "size=32")
+    r = report["results"]
+    assert [row["option"] for row in r["rows"]] == ["online", "bank", "gpu_decode", "bank+gpu_decode"]
+    for row in r["rows"]:
+        assert row["stage"] == "train_mae" and row["resolution"] == 32 and row["cpu_ms_per_sample"] > 0
+        # images/s of one GPU (mfu x peak / FLOPs per image) x CPU seconds per sample
+        expected = r["mfu"] * r["peak_flops"] / row["flops_per_image"] * row["cpu_ms_per_sample"] / 1e3
+        assert row["loader_processes_per_gpu"] == pytest.approx(expected)
+    assert report["targets"][0]["target"].startswith("stage-1 loader processes")
 
 
 def test_train_align_tiny_runs_the_real_stage(tmp_path: Path) -> None:
     """Smoke test of a train task (the stage modules change often): the real AlignStage, one timed step."""
-    report = run_script(tmp_path, "task=train_align", "model=tiny", "device=cpu", "size=64", "batch=2", "repeats=1")
+    report = run_script(tmp_path, "task=train_align", "model=tiny", "device=cpu", "size=64", "batch=2", "repeats=1",
+                        "train.stage_overrides=['trainer.grad_accum=2']")
     r = report["results"]
     assert r["images_per_s"] > 0 and r["flops_per_step"] > 0 and r["losses_finite"]
     assert r["batch_per_device"] == 2 and r["resolution"] == 64 and r["mixed_precision"] == "no"
+    # a step is one optimizer update over grad_accum micro-batches: 2 x 2 images
+    assert r["grad_accum"] == 2 and r["images_per_step"] == 4
+    assert r["images_per_s"] == pytest.approx(4 / r["step_s_median"])
+    assert r["flops_per_image"] == pytest.approx(r["flops_per_step"] / 4)
     assert r["mfu"] is None  # no GPU
     assert set(r["trainable_parameters_m"]) == {"alignment"}
 
@@ -123,6 +160,10 @@ def test_time_runs_with_fake_clock_interleaves_and_skips_warmup() -> None:
     assert stats["a"].times == [1.0, 3.0, 2.0] and stats["a"].median == 2.0
     assert stats["b"].median == 4.0 and stats["b"].min == 4.0 and stats["b"].max == 7.0
     assert stats["b"].iqr == pytest.approx(np.percentile([4, 4, 7], 75) - np.percentile([4, 4, 7], 25))
+    seen: list[tuple] = []
+    time_runs({"a": lambda: None}, warmup=1, repeats=2, clock=FakeClock([0.5, 1.5]),
+              progress=lambda done, rounds, times: seen.append((done, rounds, dict(times))))
+    assert seen == [(1, 3, {}), (2, 3, {"a": 0.5}), (3, 3, {"a": 1.5})]  # one line per round, warm-up included
     single = time_fn(lambda: None, warmup=0, repeats=2, clock=FakeClock([0.25, 0.75]))
     assert single.median == pytest.approx(0.5)
     with pytest.raises(ValueError):
@@ -183,6 +224,13 @@ def test_resolve_env_and_targets() -> None:
     cfg = compose_config("benchmark", ["bench_model=tiny", "task=inference", "device=cpu"])
     env = resolve_env(cfg)
     assert env.model == "tiny" and env.dtype == torch.float32 and env.size == 512 and env.steps == 50
+    assert env.clock == "cpu"  # auto on a CPU: this process's CPU time
+    # bare scripts/benchmark.py on a CPU machine: the CPU target's setting, not 50 steps at 512 of the real model
+    bare = resolve_env(compose_config("benchmark", ["device=cpu"]))
+    assert (bare.model, bare.size, bare.steps) == ("sd15", 256, 10)
+    assert resolve_env(compose_config("benchmark", ["device=cpu", "size=512", "clock=wall"])).clock == "wall"
+    with pytest.raises(ConfigError, match="clock"):
+        resolve_env(compose_config("benchmark", ["clock=sundial"]))
     with pytest.raises(ConfigError):
         resolve_env(compose_config("benchmark", ["bench_model=sd21"]))
     with pytest.raises(ConfigError):

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from omegaconf import DictConfig, OmegaConf
 
-from asuka.models.alignment import AlignmentModule
-from asuka.models.mae import MaskedAutoencoderViT
-from asuka.models.sd import SD_SCHEDULER_CONFIG, SDComponents, build_tiny_sd
 from asuka.utils.errors import ConfigError
 
-MODELS = ("sd15", "tiny")
+if TYPE_CHECKING:  # imported where the models are built: task=masks / data start without them
+    from asuka.models.alignment import AlignmentModule
+    from asuka.models.mae import MaskedAutoencoderViT
+    from asuka.models.sd import SDComponents
+
+MODELS = ("sd15", "tiny", "flux_fill", "flux_tiny")  # flux_*: task=inference only (asuka.benchmark.flux)
 # benchmark ``model=`` -> the configs/model/<name>.yaml holding the MAE / alignment / decoder sizes
-MODEL_CONFIG_NAMES = {"sd15": "paper", "tiny": "tiny"}
+MODEL_CONFIG_NAMES = {"sd15": "paper", "tiny": "tiny", "flux_fill": "flux_fill", "flux_tiny": "flux_tiny"}
 
 # runwayml / stable-diffusion-v1-5 "stable-diffusion-inpainting", unet/config.json (the keys that shape the model).
 SD15_INPAINT_UNET_CONFIG: dict[str, Any] = {
@@ -87,6 +88,10 @@ def build_sd15_inpaint(seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDCo
     """SD-1.5 inpainting UNet (~860M parameters) and VAE (~84M) at the released sizes, randomly initialised
     (each after ``manual_seed(seed)`` in a forked RNG), frozen and in eval mode, with SD's noise schedule.
     Only ``parts`` are built (the others are None), as ``load_sd_inpaint(..., parts=...)`` does."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from asuka.models.sd import SD_SCHEDULER_CONFIG, SDComponents
+
     unet = vae = None
     with torch.random.fork_rng(devices=[]):
         if "unet" in parts:
@@ -101,6 +106,8 @@ def build_sd15_inpaint(seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDCo
 
 def build_sd(name: str, seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDComponents:
     """Frozen random SD-inpainting components for ``model=sd15`` (paper size) or ``model=tiny``."""
+    from asuka.models.sd import SDComponents, build_tiny_sd
+
     if check_model_name(name) == "sd15":
         return build_sd15_inpaint(seed, parts)
     sd = build_tiny_sd(seed)
@@ -111,6 +118,8 @@ def build_sd(name: str, seed: int = 0, parts: tuple[str, ...] = SD_PARTS) -> SDC
 
 def build_mae(model_cfg: DictConfig, seed: int = 0) -> MaskedAutoencoderViT:
     """The stage-1 MAE at ``model.mae`` sizes (ViT-B/16 encoder, 8-block decoder for the paper), random weights."""
+    from asuka.models.mae import MaskedAutoencoderViT
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MaskedAutoencoderViT(**OmegaConf.to_container(model_cfg.mae, resolve=True))
@@ -118,6 +127,8 @@ def build_mae(model_cfg: DictConfig, seed: int = 0) -> MaskedAutoencoderViT:
 
 def build_alignment(model_cfg: DictConfig, seed: int = 0) -> AlignmentModule:
     """The stage-2 alignment module at ``model.alignment`` sizes, random weights."""
+    from asuka.models.alignment import AlignmentModule
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AlignmentModule(**OmegaConf.to_container(model_cfg.alignment, resolve=True))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asuka.benchmark.data import data_table
 from asuka.benchmark.models import configs_dir
 from asuka.benchmark.tasks import BenchEnv, cpu_name, resolve_env, run_task
 
@@ -25,6 +26,7 @@ INFERENCE_OVERHEAD_GPU = 0.05   # ASUKA <= 1.05 x SD-inpainting time at 512, 50 
 INFERENCE_OVERHEAD_CPU = 0.15   # ... <= 1.15 x on CPU at 256, 10 steps, fp32
 ALIGN_MFU_MIN = 0.35            # stage-2 step >= 35% MFU, bf16, H100-class, 512
 MASKS_PER_S_MIN = 500.0         # mixed generator >= 500 masks/s per core at 512
+STAGE1_LOADERS_MAX = 8          # stage 1 keeps an H100 busy with <= 8 loader processes (bank or GPU decode)
 
 
 def evaluate_targets(env: BenchEnv, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,10 +47,23 @@ def evaluate_targets(env: BenchEnv, result: dict[str, Any]) -> list[dict[str, An
                 False)
         if env.device.type == "cpu" and env.size == 256 and env.steps == 10:
             add("inference ratio asuka/sd at 256, 10 steps, CPU", result["ratio"], 1 + INFERENCE_OVERHEAD_CPU, False)
+    if env.task == "inference" and env.model == "flux_fill" and env.device.type == "cuda" and env.size == 512 \
+            and env.steps == 50 and env.dtype == torch.bfloat16:
+        add("inference ratio asuka-flux/flux.1-fill at 512, 50 steps, bf16, GPU", result["ratio"],
+            1 + INFERENCE_OVERHEAD_GPU, False)
     if env.task == "train_align" and env.model == "sd15" and env.device.type == "cuda" and env.size == 512:
         add("train_align MFU, bf16, H100-class, 512", result.get("mfu"), ALIGN_MFU_MIN, True)
     if env.task == "masks" and env.size == 512:
         add("masks per second per core at 512", result["masks_per_s"], MASKS_PER_S_MIN, True)
+        if result.get("ratio_to_anchor") is not None:
+            add("mask mix / LaMa-style anchor at 512, same run", result["ratio_to_anchor"], 1.0, True)
+    if env.task == "data":
+        stage1 = [row["loader_processes_per_gpu"] for row in result["rows"]
+                  if row["stage"] == "train_mae" and row["option"] != "online"
+                  and row["loader_processes_per_gpu"] is not None]
+        if stage1:
+            add("stage-1 loader processes per GPU with the bank or GPU decode (estimate)", min(stage1),
+                STAGE1_LOADERS_MAX, False)
     if env.task.startswith("train_") and env.model == "sd15" and result.get("data_workers_needed") is not None:
         # informational: loader workers one device needs to keep up (shipped PNG samples, not Places2 JPEGs)
         out.append({"target": "data loading keeps up with 4 workers per device (shipped samples)",
@@ -70,9 +85,15 @@ def _git_commit() -> str | None:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the figures depend on: the device, the cores this process may use, the load, the libraries."""
-    import accelerate
-    import diffusers
+    """What the figures depend on: the device, the cores this process may use, the load, the libraries (versions
+    from the installed metadata: nothing is imported for them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     info: dict[str, Any] = {
         "device": str(device),
@@ -85,8 +106,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "diffusers": diffusers.__version__,
-        "accelerate": accelerate.__version__,
+        "diffusers": installed("diffusers"),
+        "accelerate": installed("accelerate"),
         "platform": platform.platform(),
     }
     if device.type == "cuda":
@@ -147,7 +168,11 @@ def _json_default(value: Any) -> Any:
 def summary_line(report: dict[str, Any]) -> str:
     """A few headline figures on one line, for the terminal."""
     r, task = report["results"], report["task"]
-    if task == "inference":
+    if task == "inference" and "asuka_flux_s_median" in r:
+        text = (f"inference {report['model']} {report['settings']['size']}px {report['settings']['steps']} steps: "
+                f"asuka-flux {r['asuka_flux_s_median']:.4g}s, flux.1-fill {r['flux_fill_s_median']:.4g}s, "
+                f"ratio {r['ratio']:.4f} ({r['overhead_pct']:+.1f}%)")
+    elif task == "inference":
         text = (f"inference {report['model']} {report['settings']['size']}px {report['settings']['steps']} steps: "
                 f"asuka {r['asuka_s_median']:.4g}s, sd-inpaint {r['sd_inpaint_s_median']:.4g}s, "
                 f"ratio {r['ratio']:.4f} ({r['overhead_pct']:+.1f}%)")
@@ -155,6 +180,15 @@ def summary_line(report: dict[str, Any]) -> str:
             text += f", FLOP ratio {r['flops_ratio']:.4f}"
     elif task == "masks":
         text = f"masks {report['settings']['size']}px: {r['masks_per_s']:.1f}/s per core (CPU time)"
+        if r.get("anchor_masks_per_s"):
+            text += (f"; LaMa-style anchor ({r['anchor_drawer']}) {r['anchor_masks_per_s']:.1f}/s, "
+                     f"ratio {r['ratio_to_anchor']:.2f}")
+    elif task == "data":
+        text = data_table(r)
+    elif task == "largen_data":
+        from asuka.benchmark.largen_data import summary_text
+
+        text = summary_text(report)
     else:
         mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
         text = (f"{task} {report['model']} {r['resolution']}px batch {r['batch_per_device']}: "

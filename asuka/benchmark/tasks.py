@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from asuka.benchmark import models as bm
 from asuka.benchmark.timing import (
+    CLOCKS,
     count_flops,
     mfu,
     peak_bf16_flops,
     peak_memory,
+    print_round,
     reset_peak_memory,
     summarize,
     synchronize,
@@ -37,10 +40,14 @@ from asuka.benchmark.timing import (
 )
 from asuka.utils.errors import AsukaError, ConfigError
 
-TASKS = ("inference", "train_mae", "train_align", "train_decoder", "masks")
-# The paper's setting of each task, used when size / steps are not given.
-DEFAULT_SIZE = {"inference": 512, "train_mae": 256, "train_align": 512, "train_decoder": 256, "masks": 512}
+TASKS = ("inference", "train_mae", "train_align", "train_decoder", "masks", "data", "largen_data")
+# The paper's setting of each task, used when size / steps are not given (data: each stage at its own resolution).
+DEFAULT_SIZE = {"inference": 512, "train_mae": 256, "train_align": 512, "train_decoder": 256, "masks": 512,
+                "data": 256, "largen_data": 512}
 DEFAULT_STEPS = 50  # DDIM steps (spec 7)
+# inference with model=sd15 on a CPU and no size / steps given: the CPU target's setting (a few minutes), not the
+# GPU one (512 px, 50 steps: most of an hour on a CPU)
+CPU_INFERENCE_SIZE, CPU_INFERENCE_STEPS = 256, 10
 STAGE_CONFIG = {"train_mae": "train_mae", "train_align": "train_align", "train_decoder": "train_decoder"}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -61,6 +68,7 @@ class BenchEnv:
     warmup: int
     repeats: int
     seed: int
+    clock: str = "wall"  # "wall" (perf_counter) or "cpu" (this process's CPU time)
 
 
 def resolve_env(cfg: DictConfig) -> BenchEnv:
@@ -84,19 +92,44 @@ def resolve_env(cfg: DictConfig) -> BenchEnv:
         dtype = _DTYPES[dtype_name]
     else:
         raise ConfigError("dtype", f"unknown dtype '{dtype_name}', expected auto, float32, bfloat16 or float16")
-    size = int(cfg.size) if cfg.get("size") is not None else DEFAULT_SIZE[task]
+    cpu_sd15 = task == "inference" and model == "sd15" and device.type == "cpu"
+    size = int(cfg.size) if cfg.get("size") is not None else (CPU_INFERENCE_SIZE if cpu_sd15 else DEFAULT_SIZE[task])
     if size < 8 or size % 8:
         raise ConfigError("size", f"must be a positive multiple of 8 (the VAE factor), got {size}")
-    steps = int(cfg.steps) if cfg.get("steps") is not None else DEFAULT_STEPS
+    steps = int(cfg.steps) if cfg.get("steps") is not None else (CPU_INFERENCE_STEPS if cpu_sd15 else DEFAULT_STEPS)
+    clock = str(cfg.get("clock", "auto"))
+    if clock not in ("auto", "wall", "cpu"):
+        raise ConfigError("clock", f"must be auto, wall or cpu, got '{clock}'")
+    if clock == "auto":  # on a shared CPU, this process's CPU time does not count the other jobs
+        clock = "cpu" if device.type == "cpu" else "wall"
     batch = int(cfg.batch) if cfg.get("batch") is not None else None
     repeats, warmup = int(cfg.repeats), int(cfg.warmup)
     if repeats < 1 or warmup < 0 or steps < 1 or (batch is not None and batch < 1):
         raise ConfigError("repeats", "repeats, steps and batch must be >= 1 and warmup >= 0")
-    return BenchEnv(task, model, device, dtype, size, steps, batch, warmup, repeats, int(cfg.seed))
+    return BenchEnv(task, model, device, dtype, size, steps, batch, warmup, repeats, int(cfg.seed), clock)
 
 
 def run_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     """Dispatch to the task function; returns its figures."""
+    if env.task in ("masks", "data"):  # no model: start without importing diffusers and the model packages
+        from asuka.benchmark.data import data
+
+        return {"masks": masks, "data": data}[env.task](cfg, env)
+    from asuka.benchmark import flux
+
+    if env.model in flux.FLUX_MODELS:
+        if env.task == "train_align":
+            from asuka.benchmark.flux_train import train_align_flux
+
+            return train_align_flux(cfg, env)
+        if env.task != "inference":
+            raise ConfigError("model", f"{env.model}: no {env.task} benchmark (FLUX has the inference benchmark and "
+                                       "task=train_align)")
+        return flux.inference(cfg, env)
+    if env.task == "largen_data":
+        from asuka.benchmark.largen_data import largen_data
+
+        return largen_data(cfg, env)
     return {"inference": inference, "train_mae": train_mae, "train_align": train_align,
             "train_decoder": train_decoder, "masks": masks}[env.task](cfg, env)
 
@@ -196,11 +229,13 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     warmup = env.warmup
     with torch.inference_mode():
         if bool(icfg.get("count_flops", True)):  # deterministic, unlike the times: counted in the first warm-up round
+            print(f"counting FLOPs: one call of each of {', '.join(calls)}", file=sys.stderr, flush=True)
             flops = {name: count_flops(fn) for name, fn in calls.items()}
             synchronize(device)
             warmup = max(0, warmup - 1)
-        stats = time_runs(calls, warmup, env.repeats, device)
-        prior = time_fn(lambda: asuka.encode_prior(image, mask, env.size, env.size), 1, env.repeats, device)
+        stats = time_runs(calls, warmup, env.repeats, device, clock=CLOCKS[env.clock], progress=print_round)
+        prior = time_fn(lambda: asuka.encode_prior(image, mask, env.size, env.size), 1, env.repeats, device,
+                        clock=CLOCKS[env.clock])
 
     a, s = stats["asuka"], stats["sd_inpaint"]
     per_round = [ta / ts for ta, ts in zip(a.times, s.times)]
@@ -215,6 +250,7 @@ def inference(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
         **prior.as_dict("asuka_prior_s_"),
         "output_type": output_type,
         "guidance_scale": guidance,
+        "clock": env.clock,
         "outputs_finite": all(_finite(v) for v in outputs.values()),
         "build_s": build_s,
         "parameters_m": {
@@ -303,10 +339,11 @@ def random_weight_loaders(env: BenchEnv) -> Iterator[None]:
         return bm.build_mae(bm.model_config("sd15"), env.seed).requires_grad_(False).eval()
 
     targets = {
-        "train_align": [("asuka.training.align", "load_sd_inpaint", load_sd),
+        # the stages load SD through the backbone (asuka.models.backbones.sd15 -> asuka.models.sd.load_sd_inpaint)
+        "train_align": [("asuka.models.sd", "load_sd_inpaint", load_sd),
                         ("asuka.training.align", "load_frozen_mae", load_mae),
                         ("asuka.training.align_latents", "load_sd_inpaint", load_sd)],
-        "train_decoder": [("asuka.training.decoder", "load_sd_inpaint", load_sd)],
+        "train_decoder": [("asuka.models.sd", "load_sd_inpaint", load_sd)],
     }.get(env.task, [])
     with contextlib.ExitStack() as stack:
         for module_name, name, fake in targets:
@@ -422,11 +459,15 @@ def _train_task(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     util = mfu(flops, stats.median, peak) if mixed == "bf16" else None
     trainable = {name: bm.parameter_count(m, trainable_only=True) / 1e6 for name, m in stage.trainable.items()}
     data_s = _data_seconds_per_sample(stage, int(train_cfg.get("data_samples", 16)))
-    images_per_s = batch_size / stats.median
+    accum = int(stage_cfg.trainer.get("grad_accum", 1))
+    images_per_s = batch_size * accum / stats.median  # a step is one optimizer update over grad_accum micro-batches
     return {
         **stats.as_dict("step_s_"),
         "images_per_s": images_per_s,
         "batch_per_device": batch_size,
+        "grad_accum": accum,
+        "images_per_step": batch_size * accum,
+        "flops_per_image": flops / (batch_size * accum),
         "resolution": int(stage_cfg.resolution),
         "mixed_precision": mixed,
         "flops_per_step": flops,
@@ -463,18 +504,35 @@ def train_decoder(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------- masks
 def masks(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
-    """Masks per second of the training mixture (``configs/mask``) at ``size`` on one core.
+    """Masks per second of the training mixture (``configs/mask``) at ``size`` on one core, side by side with a
+    LaMa-style irregular + box generator (``asuka.benchmark.lama_anchor``, ``masks.anchor``).
 
-    ``masks_per_s`` is the package's own figure (``asuka.data.masks.benchmark``: this process's CPU time, so other
-    jobs on a shared machine do not lower it); ``masks_per_s_wall`` is wall-clock over the same number of masks.
+    Both rates are counted in this process's CPU time (other jobs on a shared machine do not lower them), in
+    interleaved rounds so both see the same machine; ``masks_per_s_wall`` is wall-clock over the mixture alone.
     """
-    from asuka.data.masks import benchmark as mask_benchmark
+    from asuka.benchmark.lama_anchor import DRAWER, LamaStyleAnchor
     from asuka.data.masks import build_mask_generator
     from asuka.data.seeding import sample_rng
 
-    n = int((cfg.get("masks") or {}).get("n", 200))
+    mcfg = cfg.get("masks") or {}
+    n = int(mcfg.get("n", 200))
     generator = build_mask_generator(cfg.mask, cfg.paths)
-    per_s_cpu = mask_benchmark(generator, n=n, size=env.size, seed=env.seed)
+    anchor = LamaStyleAnchor(env.size) if bool(mcfg.get("anchor", True)) else None
+    anchor_rng = np.random.default_rng(env.seed)
+    generator(np.random.default_rng(env.seed), env.size, env.size)  # warm-up
+    rounds = max(1, min(5, n))
+    cpu = {"mixed": 0.0, "anchor": 0.0}
+    for r in range(rounds):
+        chunk = range(r * n // rounds, (r + 1) * n // rounds)
+        start = time.process_time()
+        for i in chunk:
+            generator(sample_rng(env.seed, 0, i), env.size, env.size)
+        cpu["mixed"] += time.process_time() - start
+        if anchor is not None:
+            start = time.process_time()
+            for _ in chunk:
+                anchor(anchor_rng)
+            cpu["anchor"] += time.process_time() - start
     kinds: dict[str, int] = {}
     holes = []
     start = time.perf_counter()
@@ -486,9 +544,14 @@ def masks(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     wall = time.perf_counter() - start
     object_source = OmegaConf.to_container(cfg.mask.get("object_source", {}), resolve=True) or {}
     synthetic = not object_source.get("coco_instances") and not object_source.get("mask_dir")
+    per_s = n / max(cpu["mixed"], 1e-9)
+    anchor_per_s = n / max(cpu["anchor"], 1e-9) if anchor is not None else None
     return {
-        "masks_per_s": per_s_cpu,
+        "masks_per_s": per_s,
         "masks_per_s_wall": n / wall,
+        "anchor_masks_per_s": anchor_per_s,
+        "anchor_drawer": DRAWER if anchor is not None else None,
+        "ratio_to_anchor": per_s / anchor_per_s if anchor_per_s else None,
         "n": n,
         "kinds": kinds,
         "hole_ratio_mean": float(np.mean(holes)),

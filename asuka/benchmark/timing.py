@@ -19,6 +19,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 Clock = Callable[[], float]
+# wall: elapsed time; cpu: this process's CPU time (all its threads), which other jobs on a shared machine do not
+# inflate: with one thread, a stable figure where wall times swing several-fold
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.process_time}
+Progress = Callable[[int, int, Mapping[str, float]], None]
 
 # Dense bf16 tensor-core peaks (no sparsity) from NVIDIA's data sheets, matched against torch.cuda.get_device_name.
 # The first matching pattern wins, so the PCIe H100 (756 TFLOP/s) is listed before the SXM part (989 TFLOP/s).
@@ -115,28 +119,41 @@ def time_runs(
     repeats: int,
     device: torch.device | str | None = None,
     clock: Clock = time.perf_counter,
+    progress: Progress | None = None,
 ) -> dict[str, TimingStats]:
     """Time several functions, interleaved: ``warmup`` untimed rounds, then ``repeats`` timed rounds.
 
     In each round every function runs once (in the given order), each run bracketed by :func:`synchronize`. On a
     machine whose load changes over time, interleaving makes the functions see the same conditions, which matters
-    more for a ratio than for either figure. ``clock`` is injectable so tests can feed known times.
+    more for a ratio than for either figure. ``clock`` is injectable so tests can feed known times; ``progress``
+    gets (round, rounds, {name: seconds}) after every round (warm-up rounds have empty times).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(max(0, warmup)):
+    rounds = max(0, warmup) + repeats
+    for done in range(max(0, warmup)):
         for fn in fns.values():
             fn()
         synchronize(device)
+        if progress is not None:
+            progress(done + 1, rounds, {})
     durations: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for done in range(repeats):
         for name, fn in fns.items():
             synchronize(device)
             start = clock()
             fn()
             synchronize(device)
             durations[name].append(clock() - start)
+        if progress is not None:
+            progress(max(0, warmup) + done + 1, rounds, {name: values[-1] for name, values in durations.items()})
     return {name: summarize(values) for name, values in durations.items()}
+
+
+def print_round(done: int, rounds: int, times: Mapping[str, float]) -> None:
+    """Progress on stderr, one line per round, so a long CPU run is never silent."""
+    what = ", ".join(f"{name} {seconds:.3g} s" for name, seconds in times.items()) or "warm-up"
+    print(f"round {done}/{rounds}: {what}", file=sys.stderr, flush=True)
 
 
 def time_fn(

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from asuka.data.images import load_image, load_mask, pil_to_tensor
+from asuka.data.device_images import IMAGE_WORK
+from asuka.data.images import load_image, load_mask, pil_to_tensor, read_image_header
 from asuka.data.seeding import sample_rng
 from asuka.data.sources import MISATO_DOMAINS, ImageItem, build_image_source
-from asuka.utils.errors import DataError
+from asuka.utils.errors import ConfigError, DataError
 
 MaskFn = Callable[[np.random.Generator, int, int], "tuple[np.ndarray, str] | np.ndarray"]
 
@@ -52,6 +53,8 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         values = [sample[key] for sample in batch]
         if key == "bad":
             out[key] = [path for paths in values for path in paths]
+        elif key == "encoded":  # file bytes of different lengths (image_work=gpu)
+            out[key] = values
         elif isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)
         elif isinstance(values[0], int):
@@ -68,15 +71,20 @@ class TrainDataset(torch.utils.data.Dataset):
     index uses the epoch of ``set_epoch``, 0 by default), so the sample is the same in any worker, process or
     resume. An unreadable image is replaced by the next index (deterministic) and its path is returned in
     ``"bad"``; ``max_bad`` consecutive failures raise DataError. ``"index"`` is the requested index.
+    ``image_work="gpu"`` returns the file's bytes and the crop instead of ``"image"`` (decoded on the device).
     """
 
     def __init__(self, items: Sequence[ImageItem], resolution: int, mask_generator: MaskFn, seed: int,
-                 crop_scale: tuple[float, float] = (0.2, 1.0), flip_prob: float = 0.5, max_bad: int = 50) -> None:
+                 crop_scale: tuple[float, float] = (0.2, 1.0), flip_prob: float = 0.5, max_bad: int = 50,
+                 image_work: str = "cpu") -> None:
         if not items:
             raise DataError("training dataset: the image source is empty")
+        if image_work not in IMAGE_WORK:
+            raise ConfigError("dataset.image_work", f"must be one of {', '.join(IMAGE_WORK)}, got {image_work!r}")
         self.items, self.resolution = list(items), int(resolution)
         self.mask_generator, self.seed = mask_generator, int(seed)
         self.crop_scale, self.flip_prob, self.max_bad = tuple(crop_scale), float(flip_prob), int(max_bad)
+        self.image_work = image_work
         self.epoch = 0
 
     collate = staticmethod(collate)  # the engine takes the DataLoader collate_fn from the dataset
@@ -88,12 +96,12 @@ class TrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _first_readable(self, index: int) -> tuple[Image.Image, list[str]]:
+    def _first_readable(self, index: int, read: Callable[[Any], Any]) -> tuple[Any, Any, list[str]]:
         bad: list[str] = []
         for step in range(min(self.max_bad, len(self.items))):
             path = self.items[(index + step) % len(self.items)].image
             try:
-                return load_image(path), bad
+                return read(path), path, bad
             except DataError:
                 bad.append(str(path))
         raise DataError(f"{bad[-1]}: {len(bad)} consecutive training images failed to load (from index {index})")
@@ -101,7 +109,9 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = (key if isinstance(key, (tuple, list)) else (self.epoch, key))
         epoch, index = int(epoch), int(index)
-        img, bad = self._first_readable(index)
+        if self.image_work == "gpu":
+            return self._encoded_sample(epoch, index)
+        img, _, bad = self._first_readable(index, load_image)
         rng = sample_rng(self.seed, epoch, index)
         r = self.resolution
         left, top, w, h = random_resized_crop_box(rng, img.width, img.height, self.crop_scale)
@@ -109,6 +119,17 @@ class TrainDataset(torch.utils.data.Dataset):
         if rng.random() < self.flip_prob:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return {"image": pil_to_tensor(img), "mask": self.draw_mask(rng), "index": index, "bad": bad}
+
+    def _encoded_sample(self, epoch: int, index: int) -> dict[str, Any]:
+        """``image_work=gpu``: the file's bytes and the crop box and flip drawn exactly as above (same random
+        numbers, same order, then the mask); ``asuka.data.device_images.decode_batch`` makes the image on the
+        device. Only the header is parsed here, so a file whose body is corrupt fails at decode time."""
+        (data, (width, height)), path, bad = self._first_readable(index, read_image_header)
+        rng = sample_rng(self.seed, epoch, index)
+        left, top, w, h = random_resized_crop_box(rng, width, height, self.crop_scale)
+        flip = int(rng.random() < self.flip_prob)
+        return {"encoded": torch.frombuffer(bytearray(data), dtype=torch.uint8), "crop": (left, top, w, h, flip),
+                "file": str(path), "mask": self.draw_mask(rng), "index": index, "bad": bad}
 
     def draw_mask(self, rng: np.random.Generator) -> torch.Tensor:
         """A training mask ``[1, R, R]`` (float, 1 = hole) from the generator, with the random numbers of ``rng``."""
@@ -121,10 +142,15 @@ class TrainDataset(torch.utils.data.Dataset):
 def build_train_dataset(cfg: Any) -> "TrainDataset":
     """The training data of every stage: the train split of ``cfg.dataset``, ``cfg.resolution`` crops and masks
     from the ``cfg.mask`` generator, all randomness keyed by ``cfg.seed``."""
+    from asuka.data.mask_bank import MaskBank
     from asuka.data.masks import build_mask_generator
 
     items = build_image_source(cfg.dataset, "train")
-    return TrainDataset(items, int(cfg.resolution), build_mask_generator(cfg.mask, cfg.paths), int(cfg.seed))
+    masks = build_mask_generator(cfg.mask, cfg.paths)
+    if isinstance(masks, MaskBank):  # before any model loads
+        masks.check_resolution(int(cfg.resolution))
+    return TrainDataset(items, int(cfg.resolution), masks, int(cfg.seed),
+                        image_work=str(cfg.dataset.get("image_work", "cpu")))
 
 
 class EvalDataset(torch.utils.data.Dataset):

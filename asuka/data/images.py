@@ -1,7 +1,10 @@
 """Image and mask files in, tensors out: every odd PNG/JPEG mode becomes plain RGB, and every read error a DataError."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,16 +19,23 @@ if TYPE_CHECKING:  # torch is imported where tensors are made, so mask-only tool
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode a file, so that a truncated or corrupt file fails here with its name."""
+@contextlib.contextmanager
+def _read_errors(path: str | os.PathLike) -> Iterator[None]:
+    """A missing, truncated or corrupt file as a one-line DataError naming it."""
     try:
-        img = Image.open(path)
-        img.load()
+        yield
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise DataError(f"{path}: cannot read image ({reason})") from None
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode a file, so that a truncated or corrupt file fails here with its name."""
+    with _read_errors(path):
+        img = Image.open(path)
+        img.load()
     return img
 
 
@@ -71,11 +81,53 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first)."""
+    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first).
+
+    Two files that would silently mean "no hole" are refused by name: integer values that are only 0 and 1 (a 0/1
+    mask saved as 8 or 16 bits), and transparency (which convention it follows, hole = opaque or hole = transparent,
+    cannot be told; the gray value alone is the mask)."""
     img = _open(path)
     if img.mode == "1":
         return np.array(img, dtype=bool)
-    return np.asarray(to_gray(img)) >= 128
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min(initial=255) < 255:
+            raise DataError(f"{path}: mask has transparent pixels; masks are read from the gray value only (white = "
+                            "hole), so save it as a grayscale image without alpha")
+    gray = np.asarray(to_gray(img))
+    top = int(np.asarray(img).max(initial=0)) if img.mode.startswith("I") else int(gray.max(initial=0))
+    if top == 1:
+        raise DataError(f"{path}: mask values are only 0 and 1, so no pixel would be a hole (holes are >= 128 of 255); "
+                        "save the hole as 255")
+    return gray >= 128
+
+
+def read_image_header(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
+    """The file's bytes and its (width, height) from the header, pixels not decoded (they are decoded on the
+    training device: ``dataset.image_work=gpu``); a missing or unrecognisable file is a DataError naming it."""
+    with _read_errors(path):
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            return data, img.size
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding where the format allows a cheap integrity check (PNG
+    chunk checksums, the JPEG end marker; other formats are decoded): finds bad files before hours of work."""
+    with _read_errors(path), Image.open(path) as img:
+        size, fmt = img.size, img.format
+        if fmt == "PNG":
+            img.verify()
+        elif fmt != "JPEG" or not _ends_with(path, b"\xff\xd9"):
+            img.load()
+    return size
+
+
+def _ends_with(path: str | os.PathLike, tail: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - len(tail)))
+        return f.read() == tail
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

@@ -26,7 +26,10 @@ def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
 def write_masks(generator: MaskGenerator, n: int, size: int, seed: int, out: str | os.PathLike,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Write ``out/00000.png``... and ``out/manifest.jsonl``; returns the manifest rows
-    ``{"file", "kind", "hole_ratio"}`` (the ratio is the written file's exact fraction of hole pixels)."""
+    ``{"file", "kind", "hole_ratio", "generator_version"}`` (the ratio is the written file's exact fraction of hole
+    pixels; the version says which generator revision the seed's masks come from)."""
+    from asuka.data.masks import GENERATOR_VERSION
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -34,14 +37,17 @@ def write_masks(generator: MaskGenerator, n: int, size: int, seed: int, out: str
         mask, kind = generator(sample_rng(seed, 0, i), size, size)
         name = f"{i:05d}.png"
         save_mask(mask, out / name)
-        rows.append({"file": name, "kind": kind, "hole_ratio": int(np.count_nonzero(mask)) / mask.size})
+        rows.append({"file": name, "kind": kind, "hole_ratio": int(np.count_nonzero(mask)) / mask.size,
+                     "generator_version": GENERATOR_VERSION})
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
 
 
 def make_masks(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Body of scripts/make_masks.py: check ``n``, ``size``, ``seed``, ``out`` and write the masks."""
+    """Body of scripts/make_masks.py: check ``n``, ``size``, ``seed``, ``out``, ``format`` and write the masks (PNG
+    files, or a mask bank)."""
+    from asuka.data.mask_bank import write_mask_bank
     from asuka.data.masks import build_mask_generator
 
     if OmegaConf.is_missing(cfg, "out") or not cfg.out:
@@ -50,7 +56,18 @@ def make_masks(cfg: DictConfig) -> list[dict[str, Any]]:
         value = cfg.get(key)
         if not isinstance(value, int) or value < minimum:
             raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+    fmt = cfg.get("format", "png")
+    if fmt not in ("png", "bank"):
+        raise ConfigError("format", f"must be png or bank, got {fmt!r}")
+    if cfg.mask.get("source", "online") != "online":
+        raise ConfigError("mask.source", "make_masks writes the online generator's masks: leave mask.source=online")
     generator = build_mask_generator(cfg.mask, cfg.paths)
+    if fmt == "bank":
+        index = write_mask_bank(generator, cfg.n, cfg.size, cfg.seed, cfg.out,
+                                settings={"mask": OmegaConf.to_container(cfg.mask, resolve=True)})
+        print(f"wrote a mask bank of {index['count']} masks ({cfg.size}x{cfg.size}, seed {cfg.seed}, "
+              f"{index['bytes'] / 2**20:.1f} MiB) to {cfg.out}: {index['kinds']}")
+        return [index]
     rows = write_masks(generator, cfg.n, cfg.size, cfg.seed, cfg.out)
     kinds: dict[str, int] = {}
     for row in rows:

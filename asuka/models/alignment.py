@@ -1,24 +1,81 @@
-"""Stage-2 alignment module: maps the MAE prior into the frozen SD UNet's cross-attention space (paper 3.2).
+"""Stage-2 alignment module: maps the MAE prior into the frozen generator's condition space (paper 3.2).
 
-The MAE decoder features ``[B, L, in_dim]`` take the place of the CLIP text tokens ``[B, 77, 768]``. A linear layer
-does the "dimension alignment"; a few self-attention blocks and a final LayerNorm do the "distribution alignment".
-The block type of the SD variant is not published; a pre-norm ViT block (timm ``Block``) is our choice (spec 7).
+The MAE decoder features ``[B, L, in_dim]`` take the place of the text tokens (CLIP ``[B, 77, 768]`` for SD, T5 /
+pooled CLIP for FLUX). A linear layer does the "dimension alignment"; a few self-attention blocks and a final
+LayerNorm do the "distribution alignment". Two block types:
+
+- ``vit`` (default): a pre-norm ViT block (timm ``Block``). The SD variant's block type is not published; this is
+  our choice (spec 7).
+- ``flux_single``: the official FLUX variant's ``SingleStreamBlockAsuka`` (released ``asuka_alignment_{t5,clip}.pt``,
+  spec 2.2), :class:`FluxSingleStreamBlock`. Its final LayerNorm has eps 1e-5 (``nn.LayerNorm``'s default, as in
+  the official ``Sequential``).
 """
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from asuka.utils.errors import ConfigError
 
+BLOCKS = ("vit", "flux_single")
+#: Final LayerNorm eps per block type (official FLUX heads: ``nn.LayerNorm(dim)``, eps 1e-5).
+FINAL_NORM_EPS = {"vit": 1e-6, "flux_single": 1e-5}
+
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over the head dimension with a learned scale, in FLUX's rounding order: normalise in fp32, cast back
+    to the input dtype, then multiply by the scale (``torch.nn.RMSNorm`` multiplies before the cast and differs by
+    ~3e-3 in bf16)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.scale
+
+
+class FluxSingleStreamBlock(nn.Module):
+    """FLUX's single-stream block as the official ASUKA alignment uses it: ``x + linear2(cat[attn, gelu_tanh(mlp)])``
+    with ``qkv, mlp = split(linear1(LayerNorm(x)))`` (one affine-free pre-norm, eps 1e-6), per-head RMS-normed q and k,
+    plain SDPA (no mask, no RoPE). The official block also builds a ``modulation`` Linear it never calls; it is not
+    created here (its released weights are dropped on conversion)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.dim, self.num_heads = dim, num_heads
+        self.mlp_hidden = int(dim * mlp_ratio)
+        self.linear1 = nn.Linear(dim, 3 * dim + self.mlp_hidden)
+        self.linear2 = nn.Linear(dim + self.mlp_hidden, dim)
+        self.query_norm = HeadRMSNorm(dim // num_heads)
+        self.key_norm = HeadRMSNorm(dim // num_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        hidden = F.layer_norm(x, (self.dim,), eps=1e-6)
+        qkv, mlp = torch.split(self.linear1(hidden), [3 * self.dim, self.mlp_hidden], dim=-1)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = self.query_norm(q).to(v.dtype), self.key_norm(k).to(v.dtype)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, self.dim)
+        return x + self.linear2(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+
+
+def _vit_block(dim: int, num_heads: int, mlp_ratio: float) -> nn.Module:
+    from timm.models.vision_transformer import Block  # lazy: timm's model registry costs ~1 s per process
+
+    return Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+
 
 class AlignmentModule(ModelMixin, ConfigMixin):
-    """``Linear(in_dim -> out_dim)``, ``depth`` pre-norm self-attention blocks, then ``LayerNorm(out_dim)``."""
+    """``Linear(in_dim -> out_dim)``, ``depth`` self-attention blocks of type ``block``, then ``LayerNorm(out_dim)``."""
 
     @register_to_config
     def __init__(
@@ -28,16 +85,17 @@ class AlignmentModule(ModelMixin, ConfigMixin):
         depth: int = 4,
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
+        block: str = "vit",
     ) -> None:
         super().__init__()
         if out_dim % num_heads != 0:
             raise ConfigError("model.alignment.num_heads", f"out_dim {out_dim} is not divisible by {num_heads} heads")
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        if block not in BLOCKS:
+            raise ConfigError("model.alignment.block", f"must be one of {', '.join(BLOCKS)}, got {block!r}")
+        make = _vit_block if block == "vit" else FluxSingleStreamBlock
         self.proj = nn.Linear(in_dim, out_dim)
-        self.blocks = nn.ModuleList(
-            [Block(out_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
-        )
-        self.norm = norm(out_dim)
+        self.blocks = nn.ModuleList([make(out_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(out_dim, eps=FINAL_NORM_EPS[block])
         self.apply(self._init_weights)
 
     @staticmethod

@@ -42,7 +42,8 @@ class AsukaDecoder(AsymmetricAutoencoderKL):
     """``AsymmetricAutoencoderKL`` with checked inputs, a forward that can take a latent from elsewhere, and the
     official ASUKA condition path when ``condition_mask_channel`` / ``fusion_mask="area_any"`` are set
     (:mod:`asuka.models.condition_decoder`; the defaults are diffusers' Asymmetric VQGAN, so its released configs
-    load unchanged).
+    load unchanged). ``use_quant_conv`` / ``use_post_quant_conv`` false express an AE without those 1x1 convs
+    (FLUX's); ``decode`` takes the AE's raw latents (for FLUX, the pipeline's ``z / 0.3611 + 0.1159``).
 
     An importable ``asuka`` class, so a diffusers pipeline holding it round-trips through ``save_pretrained``.
     """
@@ -65,7 +66,13 @@ class AsukaDecoder(AsymmetricAutoencoderKL):
         scaling_factor: float = 0.18215,
         condition_mask_channel: bool = False,
         fusion_mask: str = "nearest",
+        use_quant_conv: bool = True,
+        use_post_quant_conv: bool = True,
+        block_out_channels: tuple[int, ...] | None = None,
+        force_upcast: bool = False,
     ) -> None:
+        # block_out_channels / force_upcast: the base class writes them into every config (= up_block_out_channels,
+        # False); accepted here only so that loading a saved folder does not warn that they "will be ignored".
         super().__init__(
             in_channels=in_channels, out_channels=out_channels, down_block_types=down_block_types,
             down_block_out_channels=down_block_out_channels, layers_per_down_block=layers_per_down_block,
@@ -79,6 +86,10 @@ class AsukaDecoder(AsymmetricAutoencoderKL):
                 block_out_channels=up_block_out_channels, layers_per_block=layers_per_up_block, act_fn=act_fn,
                 norm_num_groups=norm_num_groups, mask_channel=condition_mask_channel, fusion=fusion_mask,
             )
+        if not use_quant_conv:  # e.g. FLUX's AE: the encoder's moments and the decoder's input are used as they are
+            self.quant_conv = nn.Identity()
+        if not use_post_quant_conv:
+            self.post_quant_conv = nn.Identity()
 
     def _check_condition(self, z: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         """Fail with a clear message where diffusers would silently skip the condition or raise a KeyError."""
@@ -269,6 +280,8 @@ def build_decoder(
         kwargs = decoder_kwargs(decoder_cfg, latent_channels, scaling)
         if sd_vae is not None:
             kwargs["sample_size"] = int(_cfg_get(sd_vae.config, "sample_size", kwargs["sample_size"]))
+            for key in ("use_quant_conv", "use_post_quant_conv"):  # FLUX's AE has neither
+                kwargs[key] = bool(_cfg_get(sd_vae.config, key, True))
             _check_matches_vae(kwargs, sd_vae)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(_cfg_get(decoder_cfg, "seed", 0)))

@@ -7,15 +7,93 @@ so released weights load by name (see :mod:`asuka.models.mae_import`).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from timm.layers import Mlp, PatchEmbed
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: How inputs reach ``img_size``: ``official`` = the released ASUKA loader (``datas/misato_dataset.py``), what the
+#: released MAE was used with; ``ours`` = antialiased bilinear image, binarised mask, holes never shrink.
+PREPROCESS = ("official", "ours")
+
+
+def _area_weights(n: int, m: int) -> torch.Tensor:
+    """``[m, n]`` weights of cv2 ``INTER_AREA`` shrinking an axis of ``n`` pixels to ``m``: each output pixel is the
+    mean of the source interval ``[i n/m, (i+1) n/m)``, partial pixels weighted by their overlap."""
+    scale = n / m
+    start = torch.arange(m, dtype=torch.float64)[:, None] * scale
+    src = torch.arange(n, dtype=torch.float64)[None]
+    return (torch.minimum(start + scale, src + 1) - torch.maximum(start, src)).clamp(min=0) / scale
+
+
+def _area_zoom_weights(n: int, m: int) -> torch.Tensor:
+    """``[m, n]`` two-tap weights cv2 ``INTER_AREA`` uses when an axis grows (``resize.cpp``, ``area_mode``), in its
+    11-bit fixed point (integers summing to 2048)."""
+    scale = n / m
+    i = torch.arange(m, dtype=torch.float64)
+    left = torch.floor(i * scale)
+    frac = (i + 1) - (left + 1) * (m / n)
+    frac = torch.where(frac <= 0, torch.zeros_like(frac), frac - torch.floor(frac)).float().double()
+    weights = torch.zeros(m, n, dtype=torch.float64)
+    rows = torch.arange(m)
+    weights.index_put_((rows, left.long().clamp(max=n - 1)), 1 - frac, accumulate=True)
+    weights.index_put_((rows, (left.long() + 1).clamp(max=n - 1)), frac, accumulate=True)
+    return torch.round(weights * 2048)
+
+
+def cv2_area_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``cv2.resize(uint8 image, (size, size), interpolation=INTER_AREA)`` in torch: ``image [B, C, H, W]`` in
+    [0, 255] -> ``[B, C, size, size]`` on the 8-bit grid (cv2 resizes uint8 images to uint8).
+
+    Shrinking (both sides >= size) is exact area averaging with cv2's rounding (half up for its 2x2 fast path, half
+    to even otherwise); growing uses cv2's two-tap fixed-point coefficients (equal to cv2 up to one level on some
+    pixels). cv2 is not a dependency.
+    """
+    h, w = image.shape[-2:]
+    x = image.double()
+    if h >= size and w >= size:
+        fy, fx = h / size, w / size
+        if fy == int(fy) and fx == int(fx):  # cv2's integer-factor fast path
+            total = x.reshape(*x.shape[:-2], size, int(fy), size, int(fx)).sum(dim=(-3, -1))
+            if fy == fx == 2:
+                out = torch.floor((total + 2) / 4)
+            else:
+                out = torch.round(total.float() * torch.tensor(1 / (fy * fx), dtype=torch.float32)).double()
+        else:
+            out = torch.round(_area_weights(h, size).to(x.device) @ x @ _area_weights(w, size).to(x.device).T)
+    else:
+        wy, wx = _area_zoom_weights(h, size).to(x.device), _area_zoom_weights(w, size).to(x.device)
+        out = torch.floor((wy @ x @ wx.T + 2**21) / 2**22)
+    return out.clamp(0, 255).to(image.dtype)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens ``[B, L, dim]`` (timm's ``PatchEmbed`` layout: ``proj`` conv)."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    """``fc2(gelu(fc1(x)))`` (timm's ``Mlp`` layout)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -72,7 +150,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), key_mask)
@@ -101,8 +179,14 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         prior_layer: int = 6,
         norm_eps: float = 1e-6,
+        preprocess: str | None = "ours",
     ) -> None:
         super().__init__()
+        if preprocess is None:  # a config's "the weights' own": a new model has ours
+            preprocess = "ours"
+            self.register_to_config(preprocess=preprocess)
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
         if in_chans != 3:
             raise ValueError(f"in_chans must be 3 (RGB, ImageNet statistics), got {in_chans}")
         if img_size % patch_size != 0:
@@ -113,7 +197,7 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
         self.num_patches = self.grid * self.grid
 
         # Encoder.
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.grid)[None])
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, norm_eps) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -129,7 +213,7 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
 
         # MAE-FAR finetune additions: an embedding of [masked image, mask] for partially masked patches.
-        self.decoder_patch_embed = PatchEmbed(img_size, patch_size, in_chans + 1, decoder_embed_dim)
+        self.decoder_patch_embed = PatchEmbed(patch_size, in_chans + 1, decoder_embed_dim)
         self.alpha = nn.Parameter(torch.tensor(1.0))
 
         self.register_buffer("img_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -169,14 +253,24 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
             )
 
     def _to_model_size(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resize to ``img_size`` and binarise the mask (> 0.5 is hole).
+        """Image and mask at ``img_size``, by the rule ``config.preprocess`` names.
 
-        The image is resized bilinearly with antialiasing; the mask is resized so that a pixel is a hole when ANY hole
-        pixel falls in its area (area interpolation > 0), so holes never shrink and no hole pixel leaks into the
-        "known" input of the MAE.
+        ``ours``: the mask is binarised (> 0.5 is hole); the image is resized bilinearly with antialiasing and the
+        mask so that a pixel is a hole when ANY hole pixel falls in its area (area interpolation > 0), so holes never
+        shrink and no hole pixel leaks into the "known" input of the MAE.
+        ``official``: the released loader (``prepare_data``): the image by cv2 ``INTER_AREA`` on the 8-bit grid
+        (:func:`cv2_area_resize`), the mask by nearest neighbour (cv2 ``INTER_NEAREST`` = torch ``nearest``) and
+        NOT binarised: soft values stay (a pixel with mask < 0.5 is known, any value > 0 makes its patch a hole token).
         """
         self._check_inputs(image, mask)
         s = self.config.img_size
+        if self.config.get("preprocess", "ours") == "official":
+            mask = mask.float()
+            if image.shape[-2:] != (s, s):
+                pixels = torch.round((image.float() + 1.0) * 127.5)  # [-1, 1] -> the uint8 image cv2 sees
+                image = cv2_area_resize(pixels, s) / 127.5 - 1.0
+                mask = F.interpolate(mask, size=(s, s), mode="nearest")
+            return image, mask
         mask = (mask > 0.5).float()
         if image.shape[-2:] != (s, s):
             image = F.interpolate(image.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
@@ -240,7 +334,8 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image, masked normalised image, binary pixel mask, token mask) at img_size."""
         image, mask = self._to_model_size(image, mask)
-        x_in = self.normalize(image) * (1.0 - mask)
+        known = (mask < 0.5).float() if self.config.get("preprocess", "ours") == "official" else 1.0 - mask
+        x_in = self.normalize(image) * known
         token_mask = (self._patch_fraction(mask) > 0).float()
         return image, x_in, mask, token_mask
 
@@ -275,14 +370,25 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
     def prior(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ASUKA's prior ``[B, L, decoder_embed_dim]``: decoder tokens after ``prior_layer`` blocks, before the norm.
 
-        Inputs at another size are resized to ``img_size`` first. A NaN is reported (FloatingPointError), never
-        replaced: a silently zeroed prior would train or sample from garbage.
+        Inputs at another size are resized to ``img_size`` first. Under ``preprocess=official`` a sample whose every
+        patch is a hole gets a zero prior, as the official code does (its prior is NaN there and replaced by zeros;
+        the official code zeros the whole batch when one sample is NaN, here only that sample: equal at batch size 1).
+        Any other NaN is reported (FloatingPointError), never replaced: a silently zeroed prior would train or sample
+        from garbage. Both checks read values back to the host, so they run on CPU tensors only: on an accelerator
+        they would stall the device at every call (issue 18); a NaN prior there shows as a NaN output.
         """
         _, x_in, pix_mask, token_mask = self._prepare(image, mask)
         x = self._decoder_input(self._encoder(x_in, token_mask), token_mask, x_in, pix_mask)
         for blk in self.decoder_blocks[: self.config.prior_layer]:
             x = blk(x)
-        if torch.isnan(x).any():
+        on_host = x.device.type == "cpu"
+        if self.config.get("preprocess", "ours") == "official":
+            all_hole = token_mask.bool().all(dim=1)
+            x = torch.where(all_hole[:, None, None], torch.zeros_like(x), x)
+            if on_host and all_hole.any():
+                log.warning("MAE prior: sample(s) %s are all hole; their prior is zeros (as in the official code)",
+                            all_hole.nonzero().flatten().tolist())
+        if on_host and torch.isnan(x).any():
             bad = torch.isnan(x).flatten(1).any(dim=1).nonzero().flatten().tolist()
             raise FloatingPointError(f"MAE prior contains NaN for sample(s) {bad} (check the weights and the inputs)")
         return x

@@ -11,10 +11,13 @@ Yikai-Wang/asuka-misato ``asuka-flux/MAE/models_mae.py``; all are ``{"model": st
 
 Position embeddings are fixed sin-cos values: when a released grid differs from the model's (224 vs 256 px) they are
 recomputed for the model's grid.
+
+Preprocessing (``model.mae.preprocess``, see :data:`asuka.models.mae.PREPROCESS`): a released MAE-FAR / ASUKA file
+gets ``official`` (the loader it was used with) unless the config names one; our folders keep what they were saved
+with unless the config names one.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import logging
 import os
@@ -23,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.mae import PREPROCESS, MaskedAutoencoderViT
 from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,17 +85,12 @@ def convert_released_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Ten
     return out
 
 
-def _known_extra_globals() -> list:
-    """Harmless classes that MAE's ``save_model`` pickles next to the weights (``args`` is an argparse Namespace)."""
-    return [argparse.Namespace]
-
-
 def read_released_file(path: str | os.PathLike) -> dict:
-    """Read a released weights file without running foreign code (weights_only; argparse.Namespace allowed)."""
+    """Read a released weights file without running foreign code (weights_only; MAE's pickled ``args`` Namespace
+    is on :mod:`asuka.utils.safe_load`'s allow-list)."""
     from asuka.utils.safe_load import load_state_dict
 
-    with torch.serialization.safe_globals(_known_extra_globals()):
-        return load_state_dict(path)
+    return load_state_dict(path)
 
 
 def _as_dict(config: Any) -> dict:
@@ -172,6 +170,14 @@ def load_released_into(model: MaskedAutoencoderViT, state: Mapping[str, Any], so
     return report
 
 
+def _preprocess_choice(config: dict) -> str | None:
+    """``model.mae.preprocess`` (None = the weights' own), checked; removed from ``config``."""
+    choice = config.pop("preprocess", None)
+    if choice is not None and choice not in PREPROCESS:
+        raise ConfigError("model.mae.preprocess", f"must be one of {', '.join(PREPROCESS)} or null, got {choice!r}")
+    return choice
+
+
 def _check_folder_config(model: MaskedAutoencoderViT, config: dict, folder: Path) -> None:
     """A folder's saved sizes must agree with the requested ones: a silent mismatch would break every later stage."""
     for key, want in config.items():
@@ -188,6 +194,7 @@ def load_mae(src: str | os.PathLike, config: Any = None) -> MaskedAutoencoderViT
     """
     path = Path(src)
     cfg = _as_dict(config)
+    preprocess = _preprocess_choice(cfg)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise AsukaError(f"{path}: not an MAE folder (no config.json); pass the folder written by save_pretrained "
@@ -197,16 +204,19 @@ def load_mae(src: str | os.PathLike, config: Any = None) -> MaskedAutoencoderViT
         except (OSError, ValueError, RuntimeError) as exc:
             raise AsukaError(f"{path}: cannot load the MAE folder ({str(exc).splitlines()[0]})") from None
         _check_folder_config(model, cfg, path)
+        if preprocess is not None:
+            model.register_to_config(preprocess=preprocess)
         return model.eval()
     if not path.is_file():
         raise AsukaError(f"{path}: MAE weights not found")
     state = read_released_file(path)
     if not isinstance(state, Mapping):
         raise AsukaError(f"{path}: expected a state dict, found {type(state).__name__}")
-    model = build_mae(cfg)
     layout = detect_layout(state)
+    model = build_mae({**cfg, "preprocess": preprocess or ("official" if layout == "mae-far" else "ours")})
     report = load_released_into(model, state, str(path))
-    log.info("%s: loaded MAE (%s layout); recomputed %s", path, layout, report["recomputed"] or "nothing")
+    log.info("%s: loaded MAE (%s layout, preprocess=%s); recomputed %s", path, layout, model.config.preprocess,
+             report["recomputed"] or "nothing")
     return model.eval()
 
 
@@ -237,7 +247,9 @@ def load_frozen_mae(cfg: Any, path: Any = None) -> MaskedAutoencoderViT:
     and tests; otherwise a missing path is a ConfigError naming ``paths.mae``."""
     src = path if path not in (None, "", "null") else cfg.paths.get("mae")
     if src in (None, "", "null"):
-        if str(cfg.model.sd.get("source")) != "tiny":
+        from asuka.models.backbones import backbone_for  # the tiny flag lives in the backbone's model block
+
+        if str((cfg.model.get(backbone_for(cfg.model).config_key) or {}).get("source")) != "tiny":
             raise ConfigError("paths.mae", "stage 2/3 and the pipeline need the stage-1 MAE (a final/mae folder)")
         log.warning("paths.mae not set: using a tiny random MAE (model=tiny)")
         with torch.random.fork_rng(devices=[]):

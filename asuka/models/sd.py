@@ -108,14 +108,15 @@ def _check_local_folder(path: Path) -> None:
         )
 
 
-def _from_pretrained(cls: Any, path: str, subfolder: str, **kwargs: Any) -> Any:
+def _from_pretrained(cls: Any, path: str, subfolder: str, hint: str = "unet/, vae/, scheduler/ as paths.sd_inpaint",
+                     **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, subfolder)``; a failure is one AsukaError line (``hint``: the local folder to give
+    instead of a hub id)."""
     try:
         return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if _looks_local(path) else (
-            " (no network? give a local folder with unet/, vae/, scheduler/ as paths.sd_inpaint)"
-        )
+        hint = "" if _looks_local(path) else f" (no network? give a local folder with {hint})"
         raise AsukaError(f"{path}: cannot load {subfolder}/ as {cls.__name__}: {first}{hint}") from None
 
 
@@ -161,13 +162,15 @@ def load_sd_inpaint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     parts: tuple[str, ...] = SD_SUBFOLDERS,
+    train_unet: bool = False,
 ) -> SDComponents:
     """Load the frozen SD-1.5 inpainting UNet, VAE and training noise schedule (``DDPMScheduler``).
 
     ``sd_cfg`` is the ``model.sd`` config block: ``source: pretrained`` reads ``path`` (a hub id or a local diffusers
     folder with ``unet/``, ``vae/``, ``scheduler/``); ``source: tiny`` builds random components with ``seed``.
     ``dtype`` (default ``sd_cfg.dtype``) applies to the UNet and VAE; both come back frozen and in eval mode.
-    ``parts`` limits what is read (stage 3 needs only the VAE); the others are None.
+    ``parts`` limits what is read (stage 3 needs only the VAE); the others are None. ``train_unet`` leaves the UNet
+    trainable and in train mode (LAR-Gen trains the whole inpainting UNet).
     """
     source = cfg_get(sd_cfg, "source", "pretrained")
     dtype = resolve_dtype(dtype if dtype is not None else cfg_get(sd_cfg, "dtype", "float32"))
@@ -196,6 +199,8 @@ def load_sd_inpaint(
     for module in (sd.unet, sd.vae):
         if module is not None:
             _freeze(module.to(device))
+    if train_unet and sd.unet is not None:
+        sd.unet.requires_grad_(True).train()
     return sd
 
 

@@ -6,6 +6,7 @@ reads such a folder back (``model_index.json`` names the ``asuka`` classes, so i
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.models.alignment import AlignmentModule
+from asuka.models.backbones import backbone_for
+from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
 from asuka.models.sd import build_inference_scheduler, cfg_get, load_sd_inpaint, resolve_dtype
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
@@ -40,8 +43,9 @@ def _block(cfg: DictConfig, name: str) -> dict:
 
 
 def is_tiny(cfg: DictConfig) -> bool:
-    """``model=tiny`` (or ``experiment=demo``): missing parts are small random ones."""
-    return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
+    """``model=tiny|flux_tiny`` (or ``experiment=demo``): missing parts are small random ones."""
+    block = cfg.model.get(backbone_for(cfg.model).config_key)
+    return str(cfg_get(block, "source", "pretrained")) == "tiny"
 
 
 def _load_alignment(path: Any) -> AlignmentModule:
@@ -92,10 +96,10 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
 
 
-def _freeze(pipe: AsukaInpaintPipeline) -> AsukaInpaintPipeline:
-    for name in ("vae", "unet", "mae", "alignment", "decoder"):
-        module = getattr(pipe, name, None)
-        if module is not None:
+def _freeze(pipe: Any) -> Any:
+    """Every model component of an ASUKA pipeline (SD or FLUX) frozen and in eval mode."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
             module.eval()
     return pipe
@@ -117,6 +121,11 @@ def build_pipeline(
     alignment path is a ConfigError naming the key.
     """
     folder = _source(cfg, "pipeline", "pipeline")
+    if backbone_for(cfg.model).name == FluxFill.name:
+        from asuka.pipelines.build_flux import build_flux_pipeline
+
+        return build_flux_pipeline(cfg, device=device, random_decoder=random_decoder,
+                                   folder=folder if use_pipeline_folder and _given(folder) else None)
     if use_pipeline_folder and _given(folder):
         return load_pipeline(folder, device=device)
     tiny = is_tiny(cfg)
@@ -156,25 +165,30 @@ def build_pipeline(
 
 def load_pipeline(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
-) -> AsukaInpaintPipeline:
+) -> Any:
     """Read a folder written by ``save_pretrained`` (``scripts/export_pipeline.py``); frozen, eval mode.
 
-    ``dtype`` (e.g. ``"float16"`` on a GPU) applies to the UNet and VAE; the MAE and alignment stay float32.
+    ``dtype`` (e.g. ``"float16"`` on a GPU) applies to the UNet (or FLUX transformer) and VAE; the MAE and
+    alignment stay float32. ``model_index.json`` says which pipeline class it is (ASUKA-SD or ASUKA-FLUX).
     """
     folder = Path(os.path.expanduser(str(path)))
     if not (folder / "model_index.json").is_file():
         raise AsukaError(
             f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)"
         )
+    from asuka.pipelines.build_flux import check_flux_compatible
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline
+
+    classes = {cls.__name__: cls for cls in (AsukaInpaintPipeline, AsukaFluxFillPipeline)}
+    cls = classes.get(json.loads((folder / "model_index.json").read_text()).get("_class_name"), AsukaInpaintPipeline)
+    # the backbone and its VAE are read straight into ``dtype`` (no float32 copy of a 12B transformer)
+    dt = None if dtype is None else resolve_dtype(dtype, "dtype")
+    kwargs = {} if dt is None else {"torch_dtype": {"unet": dt, "transformer": dt, "vae": dt, "default": torch.float32}}
     try:
-        pipe = AsukaInpaintPipeline.from_pretrained(str(folder))
+        pipe = cls.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
         raise AsukaError(f"{folder}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
-    check_compatible(pipe)
-    if dtype is not None:
-        dt = resolve_dtype(dtype, "dtype")
-        pipe.unet.to(dtype=dt)
-        pipe.vae.to(dtype=dt)
+    (check_flux_compatible if cls is AsukaFluxFillPipeline else check_compatible)(pipe)
     return _freeze(pipe).to(device)
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import PIL.Image
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from asuka.data.images import IMAGE_EXTENSIONS, list_images, load_image, load_mask
+from asuka.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_image, load_mask
 from asuka.utils.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -75,6 +74,19 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     return build_pipeline(cfg, device=device)
 
 
+def working_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down so that the longer side is at most ``max_side`` (unchanged when it already is)."""
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(size))
+    return (max(8, round(size[0] * scale)), max(8, round(size[1] * scale)))
+
+
+def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized down to (width, height): a pixel is hole if any hole pixel falls into its area, so no hole
+    (however thin) is lost at the smaller size."""
+    area = PIL.Image.fromarray(mask.astype(np.float32)).resize(size, PIL.Image.BOX)
+    return np.asarray(area) > 0
+
+
 def inpaint_one(
     pipe: "AsukaInpaintPipeline",
     image: PIL.Image.Image,
@@ -83,16 +95,22 @@ def inpaint_one(
     seed: int,
     guidance_scale: float = 1.0,
     paste_back: bool = False,
+    max_side: int | None = None,
 ) -> PIL.Image.Image:
     """Inpaint one RGB image with a bool mask (True = hole); the result has the input's size.
 
     The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
-    ``paste_back``, the known pixels of the original are composited at full resolution.
+    ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
+    exceeds ``max_side`` is inpainted at that size and the result pasted into the hole of the full-size input.
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    size = working_size(image.size, max_side)
+    work_image, work_mask = image, mask
+    if size != image.size:
+        work_image, work_mask, paste_back = image.resize(size, PIL.Image.LANCZOS), shrink_mask(mask, size), True
     out = pipe(
-        image,
-        mask.astype(np.float32),
+        work_image,
+        work_mask.astype(np.float32),
         num_inference_steps=int(steps),
         guidance_scale=float(guidance_scale),
         generator=generator,
@@ -109,22 +127,53 @@ def inpaint_one(
     return out
 
 
+def _max_side(cfg: DictConfig) -> int | None:
+    value = cfg.get("max_side")
+    if not _given(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 64:
+        raise ConfigError("max_side", f"{value!r}: expected an integer >= 64, or null for no limit")
+    return value
+
+
+def check_sizes(pairs: list[tuple[Path, Path, Path]], max_side: int | None, downscale: bool) -> list[tuple[int, int]]:
+    """The (width, height) of every input image, read from the file headers before any model loads; images larger
+    than ``max_side`` are refused all at once unless ``downscale`` (a 4000x3000 photo at full size took > 15 min)."""
+    sizes = [image_size(image) for image, _, _ in pairs]
+    big = [f"{image.name} ({w}x{h})" for (image, _, _), (w, h) in zip(pairs, sizes)
+           if max_side is not None and max(w, h) > max_side]
+    if big and not downscale:
+        shown = ", ".join(big[:10]) + (f", ... ({len(big)} in all)" if len(big) > 10 else "")
+        raise ConfigError("max_side", f"{shown}: longer side above max_side={max_side}, far beyond the 512 px "
+                                      "SD-1.5 works at (slow, memory-hungry, out of distribution); give downscale=true "
+                                      "to inpaint at max_side and paste the result into the full-size image, or "
+                                      "max_side=null to run at full size")
+    return sizes
+
+
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Inpaint every (image, mask) pair of the config with seed ``cfg.seed``; returns the written files."""
     pairs = _pairs(cfg)
+    max_side = _max_side(cfg)
+    downscale = bool(cfg.get("downscale", False))
+    sizes = check_sizes(pairs, max_side, downscale)
     force_cpu = bool(cfg.get("trainer", {}).get("cpu", False))
     device = torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
+    steps = int(cfg.get("steps", 50))
     pipe = None
     written = []
-    for image_path, mask_path, out_path in tqdm(pairs, desc="inpaint", disable=len(pairs) < 2):
+    for k, ((image_path, mask_path, out_path), size) in enumerate(zip(pairs, sizes), start=1):
         image = load_image(image_path)
         mask = load_mask(mask_path)
         if pipe is None:  # after the first files are read, so a bad input fails fast, before any model loads
             pipe = _pipeline(cfg, device)
-            pipe.set_progress_bar_config(disable=True)
+            pipe.set_progress_bar_config(leave=False, desc="steps")
+        work = working_size(size, max_side if downscale else None)
+        at = f", inpainted at {work[0]}x{work[1]} and pasted back" if work != size else ""
+        print(f"[inpaint {k}/{len(pairs)}] {image_path.name}: {size[0]}x{size[1]}{at}, {steps} steps", flush=True)
         result = inpaint_one(
-            pipe, image, mask, cfg.get("steps", 50), cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
-            bool(cfg.get("paste_back", False)),
+            pipe, image, mask, steps, cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
+            bool(cfg.get("paste_back", False)), max_side if downscale else None,
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:

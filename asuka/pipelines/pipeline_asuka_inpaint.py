@@ -152,6 +152,18 @@ def finish(result: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor, p
     return result
 
 
+def decode_latents(decoder: Any, vae: Any, z: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents ``z`` -> pixels in [-1, 1] (float32): the ASUKA mask-conditioned decoder (given the image
+    and the mask, 1 = hole) when there is one, else the VAE's own decoder. Shared by every pipeline."""
+    if decoder is not None:
+        dtype = decoder.dtype
+        out = decoder.decode(z.to(dtype), image=image.to(z.device, dtype), mask=mask.to(z.device, dtype))
+    else:
+        out = vae.decode(z.to(vae.dtype))
+    sample = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+    return sample.float()
+
+
 class AsukaInpaintPipeline(DiffusionPipeline):
     """Inpaint with frozen SD-1.5 inpainting conditioned on the aligned MAE prior (ASUKA-SD).
 
@@ -233,18 +245,7 @@ class AsukaInpaintPipeline(DiffusionPipeline):
 
     def _decode(self, latents: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels in [-1,1]: the mask-conditioned decoder when present, else the VAE decoder."""
-        scaling = self.vae.config.scaling_factor
-        if self.decoder is not None:
-            dec_dtype = self.decoder.dtype
-            out = self.decoder.decode(
-                (latents / scaling).to(dec_dtype),
-                image=init_image.to(device=latents.device, dtype=dec_dtype),
-                mask=mask.to(device=latents.device, dtype=dec_dtype),
-            )
-        else:
-            out = self.vae.decode((latents / scaling).to(self.vae.dtype))
-        sample = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-        return sample.float()
+        return decode_latents(self.decoder, self.vae, latents / self.vae.config.scaling_factor, init_image, mask)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()

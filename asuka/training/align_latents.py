@@ -26,6 +26,7 @@ from asuka.data.datasets import TrainDataset, build_train_dataset
 from asuka.data.latent_cache import LatentCache, build_sharded_cache
 from asuka.models.sd import latent_side, load_sd_inpaint, masked_image, resolve_dtype
 from asuka.utils.errors import ConfigError, DataError
+from asuka.utils.workers import resolve_num_workers
 
 CACHE_VERSION = 1
 CONTENT = "stage-2 VAE posterior moments: cat(mean, logvar) of E(x) and of E(masked x), epoch-0 samples"
@@ -151,7 +152,7 @@ def build_align_latents(cfg: Any) -> dict[str, Any]:
         compute,
         shard_size=int(cfg.shard_size),
         batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.num_workers),
+        num_workers=resolve_num_workers(cfg.num_workers),
         dtype=storage,
         state=state,
         desc="stage-2 latents",

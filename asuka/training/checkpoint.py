@@ -2,6 +2,8 @@
 
 A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` and renamed to ``checkpoints/checkpoint-<step>``
 only when every file is on disk; ``trainer_state.json`` is written last, so a folder without it is incomplete.
+A folder is deleted by first renaming it to ``.trash-<name>`` (atomic), so a kill during a deletion leaves only a
+trash folder, which the next start removes: a ``checkpoint-<step>`` is always either complete or absent.
 Everything is read back as safetensors or with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
 
 
 def step_of(path: Path) -> int:
@@ -49,7 +52,10 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
-    """``trainer.resume``: null -> None; ``latest`` -> newest complete checkpoint or None; else a folder path."""
+    """``trainer.resume``: null -> None; ``latest`` -> newest complete checkpoint or None; else a folder path.
+
+    A relative path is looked up in the run folder (the parent of ``ckpt_dir``) first, then in the working directory.
+    """
     if resume in (None, "", "null"):
         return None
     if resume == "latest":
@@ -58,10 +64,12 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
             log.warning("trainer.resume=latest: no complete checkpoint in %s, starting a new run", ckpt_dir)
             return None
         return found[-1]
-    path = Path(resume)
+    path = Path(str(resume))
+    if not path.is_absolute() and (ckpt_dir.parent / path).exists():
+        path = ckpt_dir.parent / path
     if not is_complete(path):
-        raise AsukaError(f"trainer.resume={resume}: not a complete checkpoint folder (no {STATE_FILE})")
-    return path
+        raise AsukaError(f"trainer.resume={resume}: not a complete checkpoint folder (no {STATE_FILE} in {path})")
+    return path.resolve()
 
 
 def rng_state() -> dict:
@@ -97,7 +105,33 @@ def save_torch(obj: object, path: Path) -> None:
 
 
 def load_torch(path: Path) -> object:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint file read with ``weights_only=True``; a damaged or tampered file is one clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, ...: all mean "unreadable")
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AsukaError(f"{path}: cannot be read as a checkpoint file ({type(exc).__name__}: {first_line})") from None
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder crash-safely: rename it to a trash name first (atomic), then delete the trash."""
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+def clean_leftovers(ckpt_dir: Path) -> None:
+    """Remove what a kill can leave behind: temporary and trash folders, and a checkpoint without its state file."""
+    if not ckpt_dir.is_dir():
+        return
+    for path in sorted(ckpt_dir.iterdir()):
+        if path.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+        elif step_of(path) >= 0 and not is_complete(path):
+            log.warning("removing incomplete checkpoint %s (no %s: left by a kill)", path, STATE_FILE)
+            remove_tree(path)
 
 
 def publish(tmp: Path, final: Path, state: dict) -> None:
@@ -107,7 +141,7 @@ def publish(tmp: Path, final: Path, state: dict) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a scheduled save)
-        shutil.rmtree(final)
+        remove_tree(final)
     os.replace(tmp, final)
 
 
@@ -117,4 +151,4 @@ def rotate(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     complete = list_checkpoints(ckpt_dir)
     for old in complete[: max(0, len(complete) - max(1, keep))]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)

@@ -102,13 +102,23 @@ class DecoderLoss(nn.Module):
         """The GAN terms are off (exactly zero) for optimizer steps ``< disc_start``."""
         return self.disc_weight > 0 and step >= self.disc_start
 
-    def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-        """||dNLL/dW|| / (||dG/dW|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4], detached,
-        times disc_weight: the GAN gradient is kept at a fixed ratio to the reconstruction gradient."""
-        nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
-        g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-        weight = nll_grad.float().norm() / (g_grad.float().norm() + 1e-4)
-        return weight.clamp(0.0, self.max_adaptive_weight).detach() * self.disc_weight
+    def generator_loss(self, nll: torch.Tensor, g_loss: torch.Tensor, recon: torch.Tensor,
+                       last_layer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nll + w * g_loss, w)`` with the adaptive weight w = ||dNLL/dW|| / (||dG/dW|| + 1e-4) at the decoder's
+        last layer W, clamped to [0, 1e4], detached, times disc_weight.
+
+        Both terms reach the decoder only through ``recon``, so their gradients w.r.t. ``recon`` are taken once
+        (one backward through LPIPS, one through the discriminator) and serve twice: pulled back to W (cheap: W is
+        the last layer) they give w; combined, they are the whole loss's gradient w.r.t. ``recon``. The returned
+        loss has the value nll + w * g_loss and, by the chain rule, exactly that gradient for every decoder weight,
+        so the engine's backward does not run LPIPS and the discriminator a second time."""
+        grad_nll = torch.autograd.grad(nll, recon, retain_graph=True)[0]
+        grad_g = torch.autograd.grad(g_loss, recon, retain_graph=True)[0]
+        at_w = [torch.autograd.grad(recon, last_layer, grad, retain_graph=True)[0] for grad in (grad_nll, grad_g)]
+        weight = at_w[0].float().norm() / (at_w[1].float().norm() + 1e-4)
+        weight = weight.clamp(0.0, self.max_adaptive_weight).detach() * self.disc_weight
+        pulled = (recon * (grad_nll + weight * grad_g)).sum()  # gradient: the loss's, through recon
+        return (nll + weight * g_loss).detach() + pulled - pulled.detach(), weight
 
     def forward(
         self,
@@ -117,31 +127,32 @@ class DecoderLoss(nn.Module):
         step: int,
         last_layer: torch.Tensor,
         discriminator: nn.Module,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | float]]:
         target = target.float()
         recon = recon.float()
         l1 = (recon - target).abs().mean()
         perceptual = self.lpips(recon, target).mean() if self.lpips_weight > 0 else recon.new_zeros(())
         nll = l1 + self.lpips_weight * perceptual
-        logs = {"l1": float(l1.detach()), "lpips": float(perceptual.detach()), "nll": float(nll.detach())}
+        logs = {"l1": l1.detach(), "lpips": perceptual.detach(), "nll": nll.detach()}  # tensors: no sync here
         if not self.gan_active(step):
             zero = recon.new_zeros(())
             logs.update(g_loss=0.0, d_weight=0.0, d_loss=0.0, gan_active=0.0)
             return {"decoder": nll, "discriminator": zero}, logs
 
         g_loss = -frozen_call(discriminator, recon).float().mean()
-        if torch.is_grad_enabled() and last_layer.requires_grad:
-            d_weight = self.adaptive_weight(nll, g_loss, last_layer)
+        if torch.is_grad_enabled() and last_layer.requires_grad and recon.requires_grad:
+            decoder_loss, d_weight = self.generator_loss(nll, g_loss, recon, last_layer)
         else:  # no graph to differentiate (evaluation): report the loss at the cap
             d_weight = torch.tensor(self.disc_weight, device=recon.device)
+            decoder_loss = nll + d_weight * g_loss
         logits_real, logits_fake = discriminator(target.detach(), recon.detach())
         d_loss = hinge_d_loss(logits_real.float(), logits_fake.float())
         logs.update(
-            g_loss=float(g_loss.detach()),
-            d_weight=float(d_weight),
-            d_loss=float(d_loss.detach()),
-            logits_real=float(logits_real.detach().float().mean()),
-            logits_fake=float(logits_fake.detach().float().mean()),
+            g_loss=g_loss.detach(),
+            d_weight=d_weight.detach(),
+            d_loss=d_loss.detach(),
+            logits_real=logits_real.detach().float().mean(),
+            logits_fake=logits_fake.detach().float().mean(),
             gan_active=1.0,
         )
-        return {"decoder": nll + d_weight * g_loss, "discriminator": d_loss}, logs
+        return {"decoder": decoder_loss, "discriminator": d_loss}, logs

@@ -7,11 +7,13 @@ the number of updates done before it (0-based).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,15 +27,19 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from asuka.data.device_images import decode_batch
 from asuka.data.sampler import ResumableShardedSampler
 from asuka.training import checkpoint as ckpt
 from asuka.training.ema import EMA
 from asuka.training.modules import load_module, save_module, unwrap
 from asuka.training.optim import build_optimizer, build_scheduler, param_groups, resolve_lr
 from asuka.training.run_folder import MetricsLog, config_container, make_grid, save_config, write_run_info
+from asuka.training.run_guard import prepare_run_dir
+from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
-from asuka.training.validate import validate_training_config
+from asuka.training.validate import check_mixed_precision, validate_training_config
 from asuka.utils.errors import AsukaError
+from asuka.utils.workers import resolve_num_workers
 
 log = logging.getLogger("asuka.train")
 
@@ -46,8 +52,21 @@ def default_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _term_when_parent_dies(enable: bool) -> None:
+    """Linux: ask the kernel to send SIGTERM to this process when its parent exits. ``accelerate launch`` with one
+    process exits at once on SIGTERM without forwarding it; its training process then gets SIGTERM this way and
+    checkpoints instead of running on as an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM) if enable else 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class _Sigterm:
-    """Turns SIGTERM (what schedulers send before a kill) into a flag checked after every step."""
+    """Turns SIGTERM (what schedulers send before a kill, or the kernel when the launcher dies) into a flag checked
+    after every step."""
 
     def __init__(self) -> None:
         self.received = False
@@ -58,6 +77,11 @@ class _Sigterm:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
             self._previous = None
+            return self
+        parent = os.getppid()
+        _term_when_parent_dies(True)
+        if os.getppid() != parent:  # the launcher died before the request took effect
+            self.received = True
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ANN001
@@ -65,6 +89,7 @@ class _Sigterm:
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
+            _term_when_parent_dies(False)
             signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -76,7 +101,7 @@ class Trainer:
         tracker = cfg.get("logger", {}).get("tracker")
         self.accelerator = Accelerator(
             cpu=bool(self.tcfg.cpu),
-            mixed_precision=str(self.tcfg.mixed_precision),
+            mixed_precision=check_mixed_precision(cfg),
             log_with=tracker,
             project_dir=str(run_dir),
             kwargs_handlers=[
@@ -91,10 +116,15 @@ class Trainer:
         self.effective_batch = self.batch_size * acc.num_processes * int(self.tcfg.grad_accum)
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        getattr(stage_factory, "check_config", lambda _cfg: None)(cfg)
+        self.resumed_from = prepare_run_dir(
+            cfg, run_dir, acc.num_processes, self.effective_batch, acc.is_main_process, acc.wait_for_everyone
+        )
 
         set_seed(int(cfg.seed))  # identical initial weights on every rank
         self.stage = stage_factory(cfg, acc.device, DTYPES[str(self.tcfg.mixed_precision)])
         self.dataset = self.stage.train_dataset()
+        self.sharded = shard_frozen(self.stage.frozen_modules(), acc) if self.tcfg.get("shard_frozen") else []
         self._build_optimizers()
         names = list(self.stage.trainable)
         prepared = acc.prepare(*self.stage.trainable.values(), *self.optimizers.values())
@@ -105,7 +135,6 @@ class Trainer:
 
         self.step, self.bad_images, self.nonfinite_skipped, self.nonfinite_run = 0, 0, 0, 0
         self.bad_paths: set[str] = set()
-        self.resumed_from = ckpt.resolve_resume(self.tcfg.resume, self.ckpt_dir)
         if self.resumed_from is not None:
             self._load(self.resumed_from)
         else:  # a different stream per rank for noise, timesteps and augmentations
@@ -116,19 +145,26 @@ class Trainer:
         self.optimizers, self.schedulers, self.peak_lrs = {}, {}, {}
         for spec in self.stage.optimizers():
             lr = resolve_lr(spec.cfg, self.effective_batch)
-            modules = {name: self.stage.trainable[name] for name in spec.modules}
+            modules = {name: self._trainable_part(name) for name in spec.modules}
             groups = param_groups(modules, float(spec.cfg.get("weight_decay", 0.0)), lr, spec.lr_scale)
             optimizer = build_optimizer(groups, spec.cfg)
             self.optimizers[spec.name] = optimizer
             self.schedulers[spec.name] = build_scheduler(optimizer, spec.cfg, int(self.tcfg.max_steps), lr)
             self.peak_lrs[spec.name] = lr
 
+    def _trainable_part(self, name: str) -> torch.nn.Module:
+        """``"unet"`` -> ``stage.trainable["unet"]``; ``"largen.unet"`` -> its submodule ``unet`` (a part of a composite
+        module with its own lr_scale)."""
+        root, _, sub = name.partition(".")
+        module = self.stage.trainable[root]
+        return module.get_submodule(sub) if sub else module
+
     def _dataloader(self) -> DataLoader:
         acc = self.accelerator
         consumed = self.step * int(self.tcfg.grad_accum) * self.batch_size
         sampler = ResumableShardedSampler(len(self.dataset), int(self.cfg.seed), acc.process_index, acc.num_processes)
         sampler.start_epoch, sampler.start_offset = sampler.position_after(consumed)
-        workers = int(self.tcfg.num_workers)
+        workers = resolve_num_workers(self.tcfg.num_workers)
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -220,7 +256,8 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict:
         device = self.accelerator.device
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return decode_batch(batch) if "encoded" in batch else batch  # dataset.image_work=gpu: decoded here
 
     def train_step(self, batches, stop_requested: Callable[[], bool] = lambda: False) -> dict:  # noqa: ANN001
         """One optimizer update; a non-finite loss on any rank skips it everywhere. One all-reduce per step carries
@@ -241,7 +278,10 @@ class Trainer:
             for key, value in {"loss": loss, **{f"loss_{k}": v for k, v in out.losses.items()}}.items():
                 losses[key] = losses.get(key, 0.0) + value.detach().float() / accum
             for key, value in out.logs.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / accum
+                if torch.is_tensor(value):  # a stage's tensor logs are read with the losses, once
+                    losses[key] = losses.get(key, 0.0) + value.detach().float().to(acc.device) / accum
+                else:
+                    totals[key] = totals.get(key, 0.0) + float(value) / accum
         local = torch.stack([finite, *torch.tensor([len(bad), stop_requested()], dtype=torch.float, device=acc.device)])
         stats = acc.reduce(local, reduction="sum").tolist()
         totals.update(zip(losses, torch.stack(list(losses.values())).tolist()))
@@ -326,6 +366,7 @@ class Trainer:
                     "grad_accum": int(self.tcfg.grad_accum),
                     "effective_batch": self.effective_batch,
                     "peak_lr": self.peak_lrs,
+                    "sharded_frozen": self.sharded,  # FSDP2-sharded frozen modules (trainer.shard_frozen)
                     "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 },
             )

@@ -10,8 +10,13 @@ one-step x0 estimate of the frozen SD-inpainting UNet at a large timestep, with 
 with z0 = E(x) * scaling_factor, the UNet input ``[z_t, zeros mask, z0]`` (the masked-image latent of an unmasked
 image is the image's own latent), t ~ U{t_min..t_max} (500..999, our choice) and c = zeros or the null prior.
 
-The cache holds ``z0_hat / scaling_factor`` (the VAE latent space, what ``vae.encode(x)`` returns) for one FIXED
-crop of every dataset image (:func:`fixed_crop`: centre square, resized to the training resolution, no flip), so the
+For FLUX.1-Fill (``model=flux_*``) the estimate is one flow-matching step, ``x0_hat = x_sigma - sigma v(x_sigma,
+sigma)`` with a zero mask, the full image as the fill condition, the null conditions and sigma ~ U[sigma_min,
+sigma_max]; it costs ~28x SD's per image, so ``subset`` caches a seeded fraction of the images (the others are
+recorded as having no latent and train on encoded latents).
+
+The cache holds the raw AE latent (SD: ``z0_hat / scaling_factor``; FLUX: ``x0_hat / scale + shift``; what
+``vae.encode(x)`` returns) for one FIXED crop of every dataset image (:func:`fixed_crop`: centre square, resized to the training resolution, no flip), so the
 decoder stage must use that same crop as its target and condition whenever it uses the cached latent.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,8 +32,9 @@ from PIL import Image
 
 from asuka.data.images import load_image, pil_to_tensor
 from asuka.data.latent_cache import LatentCache, build_sharded_cache
-from asuka.models.sd import encode_latents, unet_input
+from asuka.models.sd import unet_input
 from asuka.utils.errors import AsukaError, ConfigError, DataError
+from asuka.utils.workers import resolve_num_workers
 
 CACHE_VERSION = 1
 FIXED_CROP = "center square, resized (bicubic, antialiased) to the resolution, no flip"
@@ -66,12 +72,29 @@ def one_step_estimate(
     raise AsukaError(f"latent augmentation: unsupported scheduler prediction_type '{prediction}'")
 
 
+def _item_generator(seed: int, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) | (int(state[1]) << 32))
+
+
 def item_randomness(seed: int, index: int, t_min: int, t_max: int, shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
     """Timestep and noise of one dataset item, from ``(seed, index)`` only: the same in any batch, rank or rerun."""
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2)
-    gen = torch.Generator().manual_seed(int(state[0]) | (int(state[1]) << 32))
+    gen = _item_generator(seed, index)
     t = int(torch.randint(int(t_min), int(t_max) + 1, (1,), generator=gen))
     return t, torch.randn(shape, generator=gen)
+
+
+def item_sigma(seed: int, index: int, sigma_min: float, sigma_max: float,
+               shape: tuple[int, ...]) -> tuple[float, torch.Tensor]:
+    """FLUX: sigma ~ U[sigma_min, sigma_max] and noise of one dataset item, from ``(seed, index)`` only."""
+    gen = _item_generator(seed, index)
+    u = float(torch.rand((1,), generator=gen))
+    return sigma_min + (sigma_max - sigma_min) * u, torch.randn(shape, generator=gen)
+
+
+def in_subset(seed: int, index: int, fraction: float) -> bool:
+    """Whether item ``index`` is in the cached subset (``subset`` = fraction of the images; seeded, rank-free)."""
+    return fraction >= 1.0 or np.random.default_rng([int(seed), int(index), 5]).random() < fraction
 
 
 def fixed_crop(img: Image.Image, resolution: int) -> torch.Tensor:
@@ -89,36 +112,47 @@ def fixed_crop(img: Image.Image, resolution: int) -> torch.Tensor:
 OPEN_HINT = "run scripts/make_latent_aug.py first, or set decoder_train.latent_aug_prob=0"
 
 
-def open_latent_aug_cache(root: str | os.PathLike, num_items: int, resolution: int) -> LatentCache:
-    """The finished cache at ``root`` made for a dataset of ``num_items`` images at ``resolution``."""
-    expect = {"num_items": int(num_items), "resolution": int(resolution)}
+def _cache_backbone(backbone: Any) -> str | None:
+    """The backbone a cache records: None for SD-1.5 (its caches predate the key), else the backbone's name."""
+    return None if backbone is None or backbone.name == "sd15_inpaint" else backbone.name
+
+
+def open_latent_aug_cache(root: str | os.PathLike, num_items: int, resolution: int,
+                          backbone: Any = None) -> LatentCache:
+    """The finished cache at ``root`` made for a dataset of ``num_items`` images at ``resolution`` with the latents
+    of ``backbone`` (default SD-1.5)."""
+    expect = {"num_items": int(num_items), "resolution": int(resolution), "backbone": _cache_backbone(backbone)}
     return LatentCache.open(root, expect, hint=OPEN_HINT, what="latent-augmentation cache")
 
 
-def _load_fixed_crop(items: list, resolution: int, index: int) -> torch.Tensor | None:
-    """The cache's view of dataset item ``index``: its fixed crop, or None if the image is unreadable."""
+def _load_fixed_crop(items: list, resolution: int, index: int, keep: Any = None) -> torch.Tensor | None:
+    """The cache's view of dataset item ``index``: its fixed crop, or None if the image is unreadable or
+    ``keep(index)`` leaves it out of the subset."""
+    if keep is not None and not keep(index):
+        return None
     try:
         return fixed_crop(load_image(items[index].image), resolution)
     except DataError:
         return None
 
 
-def cache_settings(cfg: Any, num_items: int, latent_shape: tuple[int, ...]) -> dict[str, Any]:
-    """What a cache was made with; a rerun with other settings into the same folder is refused."""
-    return {
+def cache_settings(cfg: Any, num_items: int, latent_shape: tuple[int, ...], estimate: dict[str, Any]) -> dict:
+    """What a cache was made with (``estimate``: the backbone's own settings); a rerun with other settings into the
+    same folder is refused."""
+    settings = {
         "version": CACHE_VERSION,
         "num_items": int(num_items),
         "shard_size": int(cfg.shard_size),
         "resolution": int(cfg.resolution),
         "latent_shape": list(latent_shape),
         "crop": FIXED_CROP,
-        "latent_space": "VAE latent (z0_hat / scaling_factor), like vae.encode(x).latent_dist",
-        "t_min": int(cfg.t_min),
-        "t_max": int(cfg.t_max),
+        **estimate,
         "seed": int(cfg.seed),
-        "condition": str(cfg.condition),
         "dtype": str(cfg.dtype),
     }
+    if float(cfg.get("subset", 1.0)) < 1.0:
+        settings["subset"] = float(cfg.subset)
+    return settings
 
 
 def latent_condition(cfg: Any, batch_size: int, unet: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -142,29 +176,16 @@ def latent_condition(cfg: Any, batch_size: int, unet: torch.nn.Module, device: t
         return null_condition(mae, alignment, batch_size, device=device, dtype=torch.float32)
 
 
-def build_latent_cache(cfg: Any) -> dict[str, Any]:
-    """``scripts/make_latent_aug.py``: compute the missing shards of ``cfg.out`` on every rank, then the index.
+Compute = Callable[[list[tuple[int, torch.Tensor]]], list[torch.Tensor]]
 
-    Resumable (finished shards are kept), rank-aware (shard s on rank s % world_size) and deterministic (each item's
-    timestep and noise depend only on ``(seed, index)``).
-    """
-    from accelerate import PartialState
 
-    from asuka.data.sources import build_image_source
-    from asuka.models.sd import latent_side, load_sd_inpaint, resolve_dtype
+def _sd_estimates(cfg: Any, backbone: Any, sd: Any, device: torch.device,
+                  latent_shape: tuple[int, ...]) -> tuple[Compute, dict[str, Any]]:
+    """SD-1.5: eq. (1) at t ~ U{t_min..t_max}, stored / scaling_factor."""
+    from asuka.models.sd import encode_latents
 
-    if int(cfg.t_min) < 0 or int(cfg.t_max) < int(cfg.t_min):
-        raise ConfigError("t_min", f"need 0 <= t_min <= t_max, got {cfg.t_min}..{cfg.t_max}")
-    storage = resolve_dtype(cfg.dtype, "dtype")
-    state = PartialState(cpu=bool(cfg.get("cpu", False)))
-    device = state.device
-    items = build_image_source(cfg.dataset, "train")
-    sd = load_sd_inpaint(cfg.model.sd, cfg.paths.sd_inpaint, device)
     if int(cfg.t_max) >= len(sd.scheduler.alphas_cumprod):
         raise ConfigError("t_max", f"must be < {len(sd.scheduler.alphas_cumprod)} (the scheduler's timesteps)")
-    resolution = int(cfg.resolution)
-    side = latent_side(sd.vae, resolution)
-    latent_shape = (int(sd.vae.config.latent_channels), side, side)
     cond_one = latent_condition(cfg, 1, sd.unet, device)
     scaling = float(sd.vae.config.scaling_factor)
 
@@ -176,15 +197,85 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
         cond = cond_one.expand(len(good), -1, -1)
         return list(one_step_estimate(sd.unet, sd.scheduler, z0, t, noise, cond) / scaling)
 
+    return compute, {"latent_space": "VAE latent (z0_hat / scaling_factor), like vae.encode(x).latent_dist",
+                     "t_min": int(cfg.t_min), "t_max": int(cfg.t_max), "condition": str(cfg.condition)}
+
+
+def _flux_estimates(cfg: Any, backbone: Any, comps: Any, device: torch.device,
+                    latent_shape: tuple[int, ...]) -> tuple[Compute, dict[str, Any]]:
+    """FLUX.1-Fill: one flow-matching step at sigma ~ U[sigma_min, sigma_max], zero mask, the full image as the fill
+    condition (AE mode), null conditions; stored as raw AE latents ``x0_hat / scale + shift``."""
+    from asuka.models.backbones import flux
+    from asuka.training.conditions import load_null_conditions
+
+    lo, hi = float(cfg.sigma_min), float(cfg.sigma_max)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError("sigma_min", f"need 0 < sigma_min <= sigma_max <= 1, got {lo}..{hi}")
+    txt, vec = (n.to(device) for n in load_null_conditions(cfg, backbone, comps, cfg.null_conditions,
+                                                            "null_conditions"))
+    vae, resolution = comps.vae, int(cfg.resolution)
+
+    def compute(good: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        image = torch.stack([x for _, x in good]).to(device)
+        z0 = flux.pack(flux.encode_latents(vae, image, sample_mode="mode")).float()
+        fill = flux.fill_condition(vae, image, torch.zeros_like(image[:, :1]), sample_mode="mode")
+        draws = [item_sigma(int(cfg.seed), i, lo, hi, tuple(z0.shape[1:])) for i, _ in good]
+        sigma = torch.tensor([d[0] for d in draws], device=device)
+        noise = torch.stack([d[1] for d in draws]).to(device)
+        ids = flux.image_ids(vae, resolution, resolution, device, comps.transformer.dtype)
+        b = len(good)
+        x0_hat = flux.one_step_estimate(comps.transformer, z0, fill, sigma, noise, txt.expand(b, -1, -1),
+                                        vec.expand(b, -1), ids, float(cfg.guidance))
+        return list(flux.to_ae_space(vae, flux.unpack(x0_hat, resolution, resolution, vae)).float())
+
+    return compute, {"backbone": backbone.name, "latent_space": "raw AE latent (x0_hat / scale + shift)",
+                     "sigma_min": lo, "sigma_max": hi, "guidance": float(cfg.guidance),
+                     "condition": str(cfg.null_conditions)}
+
+
+# The one-step estimate of each backbone (model.backbone).
+ESTIMATES = {"sd15_inpaint": _sd_estimates, "flux_fill": _flux_estimates}
+
+
+def build_latent_cache(cfg: Any) -> dict[str, Any]:
+    """``scripts/make_latent_aug.py``: compute the missing shards of ``cfg.out`` on every rank, then the index.
+
+    Resumable (finished shards are kept), rank-aware (shard s on rank s % world_size) and deterministic (each item's
+    timestep/sigma and noise depend only on ``(seed, index)``); ``subset`` < 1 caches that seeded fraction only.
+    """
+    from accelerate import PartialState
+
+    from asuka.data.sources import build_image_source
+    from asuka.models.backbones import backbone_for
+    from asuka.models.sd import latent_side, resolve_dtype
+    from asuka.training.conditions import check_null_conditions
+    from asuka.training.validate import check_fraction
+
+    if int(cfg.t_min) < 0 or int(cfg.t_max) < int(cfg.t_min):
+        raise ConfigError("t_min", f"need 0 <= t_min <= t_max, got {cfg.t_min}..{cfg.t_max}")
+    subset = check_fraction(cfg.get("subset", 1.0), "subset")
+    storage = resolve_dtype(cfg.dtype, "dtype")
+    backbone = backbone_for(cfg.model)
+    check_null_conditions(cfg, backbone, cfg.get("null_conditions", "released"), "null_conditions")
+    state = PartialState(cpu=bool(cfg.get("cpu", False)))
+    device = state.device
+    items = build_image_source(cfg.dataset, "train")
+    comps = backbone.load(cfg.model[backbone.config_key], cfg.paths.get(backbone.paths_key), device)
+    resolution = int(cfg.resolution)
+    side = latent_side(comps.vae, resolution)
+    latent_shape = (int(comps.vae.config.latent_channels), side, side)
+    compute, estimate = ESTIMATES[backbone.name](cfg, backbone, comps, device, latent_shape)
+    keep = partial(in_subset, int(cfg.seed), fraction=subset) if subset < 1.0 else None
+
     return build_sharded_cache(
         cfg.out,
-        cache_settings(cfg, len(items), latent_shape),
+        cache_settings(cfg, len(items), latent_shape, estimate),
         len(items),
-        partial(_load_fixed_crop, items, resolution),
+        partial(_load_fixed_crop, items, resolution, keep=keep),
         compute,
         shard_size=int(cfg.shard_size),
         batch_size=int(cfg.batch_size),
-        num_workers=int(cfg.get("num_workers", 0)),
+        num_workers=resolve_num_workers(cfg.get("num_workers", 0)),
         dtype=storage,
         state=state,
         desc="latent aug",

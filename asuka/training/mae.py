@@ -15,6 +15,7 @@ from asuka.models.mae_import import load_mae
 from asuka.training.engine import fit
 from asuka.training.modules import unwrap
 from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
+from asuka.training.validate import check_number
 
 
 class MaeStage(Stage):
@@ -26,6 +27,10 @@ class MaeStage(Stage):
         init = cfg.paths.get("mae_init")
         mae = load_mae(init, dict(cfg.model.mae)) if init else MaskedAutoencoderViT(**cfg.model.mae)
         self.trainable = {"mae": mae.to(device).train()}
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        check_number(cfg.mae.keep_ratio, "mae.keep_ratio", above=0.0, below=1.0)
 
     def train_dataset(self) -> Dataset:
         return self._dataset

@@ -31,7 +31,11 @@ def load_module(module: nn.Module, folder: Path) -> None:
     """Load weights saved by ``save_module`` into an existing module (strict: every key must match)."""
     for name in (PRETRAINED_WEIGHTS, PLAIN_WEIGHTS):
         if (folder / name).is_file():
-            missing, unexpected = module.load_state_dict(load_file(str(folder / name)), strict=False)
+            try:
+                missing, unexpected = module.load_state_dict(load_file(str(folder / name)), strict=False)
+            except (RuntimeError, OSError, ValueError) as exc:  # shape mismatch, damaged file
+                detail = " ".join(str(exc).split())[:300]
+                raise AsukaError(f"{folder / name}: cannot be loaded into the model ({detail})") from None
             if missing or unexpected:
                 raise AsukaError(f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})")
             return

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 @dataclass
 class OptimizerSpec:
-    """One optimizer: the trainable modules it updates and its config (``cfg.optim`` or a sub-block of it)."""
+    """One optimizer: the trainable modules it updates (names in ``Stage.trainable``, or ``"name.part"`` for a
+    submodule of one) and its config (``cfg.optim`` or a sub-block of it)."""
 
     name: str
     modules: list[str]
@@ -54,6 +55,10 @@ class Stage(abc.ABC):
         self.weight_dtype = weight_dtype
         self.trainable: dict[str, nn.Module] = {}
 
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """Range checks of the stage's own keys, run by the engine before any model loads (one ConfigError each)."""
+
     @abc.abstractmethod
     def train_dataset(self) -> Dataset:
         """The dataset; the engine samples it with keys ``(epoch, index)`` (see asuka.data.sampler)."""
@@ -74,6 +79,10 @@ class Stage(abc.ABC):
     def final_modules(self) -> dict[str, nn.Module]:
         """Modules written to ``final/<name>/`` with ``save_pretrained`` (unwrapped by the engine)."""
         return dict(self.trainable)
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Large frozen modules the engine may shard across processes (``trainer.shard_frozen``); never saved."""
+        return {}
 
     def state_dict(self) -> dict:
         """Extra stage state to checkpoint (plain tensors and numbers)."""

@@ -23,6 +23,49 @@ def check_fraction(value: object, key: str) -> float:
     return float(value)
 
 
+def check_number(value: object, key: str, *, above: float | None = None, at_least: float | None = None,
+                 below: float | None = None) -> float:
+    """``value`` as a float within the given bounds, or a ConfigError naming ``key``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
+              f"< {below}" if below is not None else ""]
+    if ((above is not None and not value > above) or (at_least is not None and not value >= at_least)
+            or (below is not None and not value < below)):
+        raise ConfigError(key, f"must be {' and '.join(b for b in bounds if b)}, got {value!r}")
+    return float(value)
+
+
+def check_optim(optim: DictConfig, key: str = "optim") -> None:
+    """The optimizer block every stage's OptimizerSpec points at: names, a positive learning rate, sane betas."""
+    name = str(optim.get("name", "adamw")).lower()
+    if name not in ("adamw", "adam"):
+        raise ConfigError(f"{key}.name", f"unknown optimizer {name!r} (adamw | adam)")
+    lr_key = "base_lr" if optim.get("scale_lr", False) else "lr"
+    check_number(optim.get(lr_key), f"{key}.{lr_key}", above=0.0)
+    check_number(optim.get("weight_decay", 0.0), f"{key}.weight_decay", at_least=0.0)
+    check_number(optim.get("min_lr", 0.0), f"{key}.min_lr", at_least=0.0)
+    warmup = optim.get("warmup_steps", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ConfigError(f"{key}.warmup_steps", f"must be an integer >= 0, got {warmup!r}")
+    schedule = optim.get("schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise ConfigError(f"{key}.schedule", f"unknown schedule {schedule!r} (constant | cosine)")
+    betas = list(optim.get("betas", (0.9, 0.999)))
+    if len(betas) != 2:
+        raise ConfigError(f"{key}.betas", f"must be two numbers, got {betas!r}")
+    for beta in betas:
+        check_number(beta, f"{key}.betas", at_least=0.0, below=1.0)
+
+
+def check_mixed_precision(cfg: DictConfig) -> str:
+    """``trainer.mixed_precision``, checked before the Accelerator is built (it would raise a traceback)."""
+    precision = cfg.trainer.get("mixed_precision")
+    if precision not in ("no", "fp16", "bf16"):
+        raise ConfigError("trainer.mixed_precision", f"must be no, fp16 or bf16, got {precision!r}")
+    return str(precision)
+
+
 def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
     """Check the engine's keys and the data keys every stage shares; return the per-device batch size.
 
@@ -31,7 +74,10 @@ def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
     for key in ("trainer.max_steps", "trainer.grad_accum", "trainer.log_every", "trainer.val_every",
                 "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.nonfinite_patience"):
         _positive_int(cfg, key)
-    _positive_int(cfg, "trainer.num_workers", minimum=0)
+    if cfg.trainer.get("num_workers") != "auto":
+        _positive_int(cfg, "trainer.num_workers", minimum=0)
+    if "optim" in cfg:
+        check_optim(cfg.optim)
     resolution = _positive_int(cfg, "resolution", minimum=8)
     if resolution % 8:
         raise ConfigError("resolution", f"must be divisible by 8 (the VAE downsamples by 8), got {resolution}")
@@ -54,3 +100,4 @@ def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
             f"{global_batch} does not divide over {num_processes} process(es) x grad_accum {accum}",
         )
     return global_batch // per_step
+

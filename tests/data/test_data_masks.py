@@ -191,3 +191,32 @@ def _plain(cfg):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=False)
+
+
+# Hole-ratio mean and standard deviation per part at 128 px under generator version 2, from 4,000 seeded draws each
+# (sample_rng(11, 0, i), synthetic object shapes). Version 3 changed how the masks are drawn, not what is drawn.
+V2_HOLE_STATS = {"comod": (0.5574, 0.1903), "lama": (0.3306, 0.1851), "objects": (0.1557, 0.1028),
+                 "mix": (0.3645, 0.2096)}
+
+
+def test_hole_ratio_distribution_matches_version_2():
+    """1,000 fresh draws per part: mean and spread of the hole ratio within 4 standard errors of version 2's (the
+    error of the difference, reference included), and Co-Mod masks symmetric left-right and up-down (its strokes
+    drift one way; only the random flips make the average mask symmetric)."""
+    n, ref_n = 1000, 4000
+    gen = preset_generator("mixed")
+    parts = {"comod": gen._comod, "lama": gen._lama, "objects": gen._objects,
+             "mix": lambda rng, h, w: gen(rng, h, w)[0]}
+    for name, part in parts.items():
+        masks = [part(sample_rng(3, 0, i), SIZE, SIZE) for i in range(n)]
+        assert all(m.flags.c_contiguous and m.dtype == bool for m in masks)  # no flipped views handed on
+        ratios = np.array([m.mean() for m in masks])
+        mean, sd = V2_HOLE_STATS[name]
+        assert abs(ratios.mean() - mean) <= 4 * sd * np.sqrt(1 / n + 1 / ref_n), (name, ratios.mean())
+        assert abs(ratios.std() - sd) <= 4 * sd * np.sqrt(1 / (2 * n) + 1 / (2 * ref_n)), (name, ratios.std())
+        if name == "comod":
+            stack = np.stack(masks)
+            for axis in (1, 2):  # rows (up-down), columns (left-right)
+                first, second = np.split(stack, 2, axis=axis)
+                diff = first.mean(axis=(1, 2)) - second.mean(axis=(1, 2))
+                assert abs(diff.mean()) <= 4 * diff.std() / np.sqrt(n), (axis, diff.mean())

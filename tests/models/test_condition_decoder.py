@@ -100,16 +100,19 @@ def test_released_three_channel_weights_gain_a_zero_mask_channel(tmp_path, vae):
     assert first.shape[1] == 4 and torch.equal(first[:, 3], torch.zeros_like(first[:, 3]))
     image, mask = _batch()
     z = vae.encode(image).latent_dist.mode()
-    assert torch.equal(same_blend.eval().decode(z, image=image, mask=mask).sample,
-                       released.decode(z, image=image, mask=mask).sample)
+    # a 4-channel convolution with a zero 4th channel is another kernel than the 3-channel one: float noise only
+    torch.testing.assert_close(same_blend.eval().decode(z, image=image, mask=mask).sample,
+                               released.decode(z, image=image, mask=mask).sample, rtol=0, atol=1e-4)
     adapted = build_decoder(OmegaConf.create(ASUKA), init_path=str(tmp_path / "avq"))
     assert adapted.config.condition_mask_channel and adapted.config.fusion_mask == "area_any"
     adapted.save_pretrained(tmp_path / "asuka")
     with pytest.raises(ConfigError, match="model.decoder.condition_mask_channel"):
         build_decoder(OmegaConf.create(AVQ), init_path=str(tmp_path / "asuka"))
     loaded = AsukaDecoder.from_pretrained(tmp_path / "asuka").eval()
-    assert torch.equal(loaded.decode(z, image=image, mask=mask).sample,
-                       adapted.eval().decode(z, image=image, mask=mask).sample)
+    ours, theirs = adapted.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # weights: exact
+    torch.testing.assert_close(loaded.decode(z, image=image, mask=mask).sample,  # outputs: float noise only
+                               adapted.eval().decode(z, image=image, mask=mask).sample, rtol=0, atol=1e-4)
 
 
 def test_configs_select_the_official_condition_path():

@@ -159,9 +159,12 @@ def test_save_load_roundtrip(model, tmp_path):
     model.save_pretrained(tmp_path / "mae")
     loaded = MaskedAutoencoderViT.from_pretrained(tmp_path / "mae").eval()
     image, mask = _image(), _mask()
-    with torch.no_grad():
-        assert torch.equal(model.prior(image, mask), loaded.prior(image, mask))
-        assert torch.equal(model.reconstruct(image, mask), loaded.reconstruct(image, mask))
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # weights: exact
+    with torch.no_grad():  # outputs (|x| < 5): float noise only, another CPU or memory layout may pick other kernels
+        torch.testing.assert_close(loaded.prior(image, mask), model.prior(image, mask), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.reconstruct(image, mask), model.reconstruct(image, mask), rtol=1e-5,
+                                   atol=1e-5)
     assert not loaded.pos_embed.requires_grad and "pos_embed" not in dict(loaded.named_parameters())
 
 

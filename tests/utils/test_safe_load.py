@@ -45,3 +45,25 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00\x01garbage")
     with pytest.raises(AsukaError, match="bad.safetensors: not a readable safetensors file"):
         load_state_dict(tmp_path / "bad.safetensors")
+
+
+class Opaque:
+    """A class the allow-list does not know (pickled by name, harmless, but not ours to import)."""
+
+
+def test_allow_list_by_name_and_the_refusal_names_the_global(tmp_path, monkeypatch):
+    """What released checkpoints pickle next to the weights loads without ASUKA_TRUST_PICKLE (argparse args, numpy
+    scalars and arrays); any other class is refused, and the message names it."""
+    import argparse
+
+    import numpy as np
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    weights = {"w": torch.ones(2)}
+    torch.save({"model": weights, "args": argparse.Namespace(lr=1e-4), "lr": np.float64(0.5),
+                "hist": np.arange(3.0)}, tmp_path / "ok.pth")
+    loaded = load_state_dict(tmp_path / "ok.pth")
+    assert torch.equal(loaded["model"]["w"], weights["w"]) and loaded["args"].lr == 1e-4 and loaded["lr"] == 0.5
+    torch.save({"model": weights, "extra": Opaque()}, tmp_path / "opaque.pth")
+    with pytest.raises(AsukaError, match=r"opaque.pth: refusing to unpickle .*test_safe_load.Opaque"):
+        load_state_dict(tmp_path / "opaque.pth")

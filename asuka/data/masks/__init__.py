@@ -1,6 +1,6 @@
 """Inpainting masks (True / 1 = hole): the paper's mixed generator and its parts (spec 1.3, 7)."""
-from asuka.data.masks.build import benchmark, build_mask_generator
-from asuka.data.masks.mixed import KINDS, MixedMaskGenerator, clip_hole_ratio
+from asuka.data.masks.build import build_mask_generator
+from asuka.data.masks.mixed import GENERATOR_VERSION, KINDS, MixedMaskGenerator, clip_hole_ratio
 from asuka.data.masks.objects import (
     CocoObjectShapes,
     FolderObjectShapes,
@@ -17,13 +17,13 @@ __all__ = [
     "CocoObjectShapes",
     "ComplementRectangleMask",
     "FolderObjectShapes",
+    "GENERATOR_VERSION",
     "LamaIrregular",
     "MixedMaskGenerator",
     "ObjectMaskGenerator",
     "ObjectShape",
     "RectangleMask",
     "SyntheticObjectShapes",
-    "benchmark",
     "build_mask_generator",
     "build_object_source",
     "clip_hole_ratio",

@@ -1,10 +1,8 @@
-"""Build the mixed mask generator from the ``mask`` config group, and time it."""
+"""Build the mixed mask generator (or the mask bank) from the ``mask`` config group."""
 from __future__ import annotations
 
-import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -13,8 +11,12 @@ from asuka.data.masks.mixed import DEFAULT_PROBS, MixedMaskGenerator
 from asuka.data.masks.objects import build_object_source
 from asuka.utils.errors import ConfigError
 
+if TYPE_CHECKING:  # asuka.data.mask_bank imports this package
+    from asuka.data.mask_bank import MaskBank
+
 _KEYS = ("probs", "object_union_prob", "irregular_comod_prob", "complement_prob", "hole_range", "max_tries",
-         "comod", "lama", "objects", "rectangle", "object_source")
+         "comod", "lama", "objects", "rectangle", "object_source", "source", "bank")
+SOURCES = ("online", "bank")
 
 
 def _plain(cfg: Any) -> Any:
@@ -34,10 +36,21 @@ def _resolved(mask_cfg: Mapping | DictConfig, paths_cfg: Mapping | DictConfig | 
 
 
 def build_mask_generator(mask_cfg: Mapping | DictConfig,
-                         paths_cfg: Mapping | DictConfig | None = None) -> MixedMaskGenerator:
+                         paths_cfg: Mapping | DictConfig | None = None) -> MixedMaskGenerator | "MaskBank":
     """The generator described by ``configs/mask/*.yaml`` (keys mirror ``MixedMaskGenerator``; ``object_source``
-    holds ``coco_instances`` / ``mask_dir`` / ``min_area`` for the silhouettes)."""
+    holds ``coco_instances`` / ``mask_dir`` / ``min_area`` for the silhouettes), or, with ``source: bank``, the
+    written mask bank in the folder ``bank`` (the generator keys then describe how that bank was made)."""
     cfg = _resolved(mask_cfg, paths_cfg)
+    source, bank = cfg.pop("source", "online"), cfg.pop("bank", None)
+    if source not in SOURCES:
+        raise ConfigError("mask.source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "bank":
+        if not bank:
+            raise ConfigError("mask.bank", "required with mask.source=bank: the folder of a bank written by "
+                                           "scripts/make_masks.py format=bank")
+        from asuka.data.mask_bank import MaskBank
+
+        return MaskBank(bank)
     if "defaults" in cfg:
         raise ConfigError("mask.defaults", "compose the mask group with Hydra (eval.yaml extends mixed.yaml); a raw "
                                            "OmegaConf.load() does not apply a defaults list")
@@ -52,15 +65,3 @@ def build_mask_generator(mask_cfg: Mapping | DictConfig,
         except TypeError as exc:
             raise ConfigError("mask.object_source", str(exc)) from None
     return MixedMaskGenerator(**cfg, object_source=source)
-
-
-def benchmark(generator: MixedMaskGenerator, n: int = 200, size: int = 512, seed: int = 0) -> float:
-    """Masks per second of ``generator`` at ``size`` x ``size`` on one core, after one warm-up. Counted in CPU time
-    of this process (the generator is single-threaded), so other jobs on a shared machine do not skew it."""
-    from asuka.data.seeding import sample_rng
-
-    generator(np.random.default_rng(seed), size, size)
-    start = time.process_time()
-    for i in range(n):
-        generator(sample_rng(seed, 0, i), size, size)
-    return n / max(time.process_time() - start, 1e-9)

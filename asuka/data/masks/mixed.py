@@ -13,6 +13,11 @@ from asuka.utils.errors import ConfigError
 
 KINDS = ("object", "object+irregular", "irregular", "rectangle", "complement_rectangle")
 DEFAULT_PROBS = {"object": 0.5, "irregular": 0.4, "regular": 0.1}
+# Bumped whenever the same seed stops giving byte-identical masks (recorded in mask manifests and banks).
+# 2: Co-Mod strokes draw their random numbers per mask, flips are views, all drawing in ink 1 on a shared canvas.
+# 3: every part draws its random numbers in array calls and through PIL's C drawer; Co-Mod flips mirror the
+#    coordinates; object outlines are rasterised straight into the mask (flip = mirrored outline).
+GENERATOR_VERSION = 3
 
 
 def _component(cls: Callable[..., Any], key: str, kwargs: Mapping[str, Any] | None, **fixed: Any) -> Any:
@@ -109,8 +114,9 @@ class MixedMaskGenerator:
     def _draw(self, kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         if kind == "object":
             return self._objects(rng, height, width)
-        if kind == "object+irregular":
-            return self._objects(rng, height, width) | self._irregular(rng, height, width)
+        if kind == "object+irregular":  # both are fresh arrays: the union goes into the first
+            mask = self._objects(rng, height, width)
+            return np.bitwise_or(mask, self._irregular(rng, height, width), out=mask)
         if kind == "irregular":
             return self._irregular(rng, height, width)
         if kind == "rectangle":

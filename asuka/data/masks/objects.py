@@ -10,12 +10,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from asuka.data.images import list_images, load_mask
+from asuka.data.masks.strokes import INK, canvas
 from asuka.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,23 @@ class ObjectShape:
     mask: np.ndarray | None = None
     outline: np.ndarray | None = None
 
-    def render(self, height: int, width: int) -> np.ndarray:
-        """The silhouette as a bool array of exactly ``height`` x ``width``."""
+    def paint(self, mask: np.ndarray, draw: Any, top: int, left: int, height: int, width: int, flip: bool) -> None:
+        """Union the silhouette, sized ``height`` x ``width`` and mirrored left-right when ``flip``, into ``mask``
+        at (``top``, ``left``). ``mask`` is a ``canvas`` viewed as bool and ``draw`` its drawer: an outline is
+        rasterised straight into it, a bitmap is resized and OR-ed into the box."""
         if self.outline is not None:
-            img = Image.new("L", (width, height), 0)
             pts = self.outline * np.array([width - 1, height - 1], dtype=np.float64)
-            ImageDraw.Draw(img).polygon([tuple(p) for p in pts.tolist()], fill=255)
-            return np.asarray(img) > 0
+            if flip:
+                pts[:, 0] = (width - 1) - pts[:, 0]
+            pts += (left, top)
+            draw.draw_polygon(pts.ravel().tolist(), INK, 1)
+            return
+        obj = self._resized(height, width)
+        region = mask[top:top + height, left:left + width]
+        np.bitwise_or(region, obj[:, ::-1] if flip else obj, out=region)
+
+    def _resized(self, height: int, width: int) -> np.ndarray:
+        """The bitmap as a bool array of exactly ``height`` x ``width``."""
         if self.mask.shape == (height, width):
             return self.mask
         img = Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L")
@@ -157,6 +168,13 @@ class FolderObjectShapes:
         raise DataError(f"{self.root}: {self.max_tries} sampled masks were empty or below min_area {self.min_area}")
 
 
+_BLOB_THETA = np.linspace(0, 2 * math.pi, 48, endpoint=False)  # outline angles of a synthetic blob
+_BLOB_DIRECTIONS = np.stack([np.cos(_BLOB_THETA), np.sin(_BLOB_THETA)], axis=1)  # unit vectors at those angles
+# its radius is 1 + sum_h a_h cos(h theta + phi_h), h = 1..4, = 1 + [a cos phi, -a sin phi] @ this table
+_BLOB_TABLE = np.concatenate([np.cos(np.outer(np.arange(1, 5), _BLOB_THETA)),
+                              np.sin(np.outer(np.arange(1, 5), _BLOB_THETA))])
+
+
 class SyntheticObjectShapes:
     """SYNTHETIC stand-in for real object silhouettes: smooth random blobs and random star polygons.
 
@@ -169,23 +187,27 @@ class SyntheticObjectShapes:
         self.blob_prob = float(blob_prob)
 
     def _outline(self, rng: np.random.Generator) -> np.ndarray:
-        """Unit-radius outline points: a radial Fourier blob or a star polygon with 3-8 vertices."""
+        """Unit-radius outline points: a radial Fourier blob (amplitudes U(0, 0.3) / h, phases U(0, 2 pi)) or a
+        star polygon with 3-8 vertices at sorted U(0, 2 pi) angles and U(0.45, 1) radii."""
         if rng.random() < self.blob_prob:
-            theta = np.linspace(0, 2 * math.pi, 48, endpoint=False)
-            k = np.arange(1, 5)[:, None]
-            amp = rng.uniform(0, 0.3, (4, 1)) / k
-            radius = 1 + (amp * np.cos(k * theta + rng.uniform(0, 2 * math.pi, (4, 1)))).sum(0)
-        else:
-            n = int(rng.integers(3, 9))
-            theta = np.sort(rng.uniform(0, 2 * math.pi, n))
-            radius = rng.uniform(0.45, 1.0, n)
+            u = rng.random(8).tolist()
+            amp = [0.3 * u[h] / (h + 1) for h in range(4)]
+            phase = [2 * math.pi * v for v in u[4:]]
+            coef = [a * math.cos(p) for a, p in zip(amp, phase)] + [-a * math.sin(p) for a, p in zip(amp, phase)]
+            radius = 1 + np.dot(coef, _BLOB_TABLE)
+            return radius[:, None] * _BLOB_DIRECTIONS
+        n = int(rng.integers(3, 9))
+        theta = np.sort(rng.random(n)) * (2 * math.pi)
+        radius = 0.45 + 0.55 * rng.random(n)
         return np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
 
     def sample(self, rng: np.random.Generator) -> ObjectShape:
         pts = self._outline(rng)
-        pts = (pts - pts.min(0)) / np.maximum(np.ptp(pts, axis=0), 1e-6)
-        size = rng.uniform(*self.size_range)
-        aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))  # width / height
+        low = pts.min(0)
+        pts = (pts - low) / np.maximum(pts.max(0) - low, 1e-6)
+        u_size, u_aspect = rng.random(2).tolist()
+        size = self.size_range[0] + (self.size_range[1] - self.size_range[0]) * u_size
+        aspect = 2.0 ** (2 * u_aspect - 1)  # width / height, log-uniform in [1/2, 2]
         rel_h, rel_w = min(size / math.sqrt(aspect), 1.0), min(size * math.sqrt(aspect), 1.0)
         return ObjectShape(rel_h, rel_w, outline=pts)
 
@@ -202,30 +224,30 @@ class ObjectMaskGenerator:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.flip_prob, self.max_objects = float(flip_prob), int(max_objects)
 
-    def _placed(self, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, int, int]:
-        """One silhouette resized to its random scale (shrunk uniformly if larger than the image), maybe flipped,
-        with a random top-left corner that keeps it inside the image."""
-        shape = self.source.sample(rng)
-        scale = rng.uniform(*self.scale_range)
-        th, tw = shape.rel_height * scale * height, shape.rel_width * scale * width
-        fit = min(1.0, height / th, width / tw)
-        th, tw = max(1, int(round(th * fit))), max(1, int(round(tw * fit)))
-        obj = shape.render(th, tw)
-        if rng.random() < self.flip_prob:
-            obj = obj[:, ::-1]
-        return obj, int(rng.integers(0, height - th + 1)), int(rng.integers(0, width - tw + 1))
-
     def __call__(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        mask = np.zeros((height, width), dtype=bool)
-        total, count = height * width, 0
-        lo, hi = self.hole_range[0] * total, self.hole_range[1] * total
+        arr, draw = canvas(height, width)
+        mask = arr.view(bool)
+        count = 0
+        lo, hi = self.hole_range[0] * height * width, self.hole_range[1] * height * width
         for _ in range(self.max_objects):
-            obj, y, x = self._placed(rng, height, width)
-            region = mask[y:y + obj.shape[0], x:x + obj.shape[1]]
-            added = int(np.count_nonzero(obj & ~region))
+            # one silhouette at its random scale (shrunk uniformly if larger than the image), maybe flipped, at a
+            # random top-left corner that keeps it inside the image
+            shape = self.source.sample(rng)
+            scale = rng.uniform(*self.scale_range)
+            th, tw = shape.rel_height * scale * height, shape.rel_width * scale * width
+            fit = min(1.0, height / th, width / tw)
+            th, tw = max(1, int(round(th * fit))), max(1, int(round(tw * fit)))
+            flip = rng.random() < self.flip_prob
+            top, left = int(rng.integers(0, height - th + 1)), int(rng.integers(0, width - tw + 1))
+            region = mask[top:top + th, left:left + tw]
+            before = int(np.count_nonzero(region)) if count else 0
+            # a copy to undo the object only when it could push the count past hi
+            undo = region.copy() if count - before + th * tw > hi else None
+            shape.paint(mask, draw, top, left, th, tw, flip)
+            added = int(np.count_nonzero(region)) - before
             if count + added > hi:
+                region[...] = undo
                 continue
-            region |= obj
             count += added
             if count >= lo:
                 break

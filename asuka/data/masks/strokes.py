@@ -7,33 +7,33 @@ reference resolution and scaled by ``sqrt(height * width) / reference_size``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+INK = 1  # the value drawn: PIL's ink for 1 in mode "L" (``draw_ink(1)``), so ``canvas.view(bool)`` is the mask
 
 
-def _canvas(height: int, width: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    img = Image.new("L", (width, height), 0)
-    return img, ImageDraw.Draw(img)
+def canvas(height: int, width: int) -> tuple[np.ndarray, Any]:
+    """A zeroed uint8 array and PIL's C drawer (``draw_lines``, ``draw_ellipse``, ``draw_rectangle``,
+    ``draw_polygon``) writing into its memory: the drawn mask is ``array.view(bool)`` with no conversion copy.
 
-
-def _as_bool(img: Image.Image) -> np.ndarray:
-    return np.asarray(img) > 0
-
-
-def draw_stroke(draw: ImageDraw.ImageDraw, points: list[tuple[int, int]], width: int) -> None:
-    """A polyline of the given width with round caps and joints (a disc at every vertex), like a brush."""
-    draw.line(points, fill=255, width=width)
-    r = width / 2.0
-    for x, y in points:
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    The C drawer is what ``ImageDraw.Draw`` wraps; called directly it skips the wrapper's per-call ink resolving
+    and the image's copy-on-write check, which cost as much as the small shapes themselves."""
+    arr = np.zeros((height, width), dtype=np.uint8)
+    img = Image.frombuffer("L", (width, height), arr, "raw", "L", 0, 1)  # shares arr's memory
+    return arr, Image.core.draw(img.im, 0)
 
 
 class CoModIrregular:
     """Co-Mod-GAN's ``RandomMask``: random boxes (MultiFill) plus ``RandomBrush`` strokes, then random flips.
 
     ``coef = min(lo + hi, 1)`` of the hole range scales the number of tries, as in the original. Stroke widths
-    are U(min_width, max_width) at ``reference_size`` (Co-Mod-GAN's 512) and scale with the image.
+    are U(min_width, max_width) at ``reference_size`` (Co-Mod-GAN's 512) and scale with the image. A stroke is a
+    polyline of that width with a disc at every vertex (Co-Mod's ``line`` + ``ellipse`` per vertex). The flips are
+    drawn first and applied to the coordinates (mirrored boxes, mirrored brush starts and steps), so the mask comes
+    out contiguous: a left-right flipped view costs ~10x more in every later numpy operation.
     """
 
     def __init__(
@@ -59,50 +59,85 @@ class CoModIrregular:
         self.min_width, self.max_width = float(min_width), float(max_width)
         self.reference_size = float(reference_size)
 
-    def _boxes(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, tries: int, max_h: int, max_w: int,
-               height: int, width: int) -> None:
-        """Co-Mod's MultiFill: up to ``tries - 1`` boxes that may stick out of the image by half their size."""
+    @staticmethod
+    def _boxes(draw: Any, rng: np.random.Generator, tries: int, max_h: int, max_w: int, height: int, width: int,
+               flip: tuple[bool, bool]) -> None:
+        """Co-Mod's MultiFill: up to ``tries - 1`` boxes, each U[0, max) wide and high, that may stick out of the
+        image by half their size (zero-sized boxes draw nothing). All boxes' numbers come from one array draw."""
         n = int(rng.integers(tries)) if tries > 0 else 0
-        for _ in range(n):
-            bw, bh = int(rng.integers(max(max_w, 1))), int(rng.integers(max(max_h, 1)))
-            x = int(rng.integers(-(bw // 2), width - bw + bw // 2))
-            y = int(rng.integers(-(bh // 2), height - bh + bh // 2))
-            if bw > 0 and bh > 0:
-                draw.rectangle((x, y, x + bw - 1, y + bh - 1), fill=255)
+        if n == 0:
+            return
+        max_w, max_h = max(max_w, 1), max(max_h, 1)
+        for uw, uh, ux, uy in rng.random((n, 4)).tolist():  # integers as floor(u * range): U{low, ..., high - 1}
+            bw, bh = int(uw * max_w), int(uh * max_h)
+            if bw == 0 or bh == 0:
+                continue
+            x = int(ux * (width - bw + 2 * (bw // 2))) - bw // 2  # U{-(bw // 2), ..., width - bw + bw // 2 - 1}
+            y = int(uy * (height - bh + 2 * (bh // 2))) - bh // 2
+            if flip[0]:
+                x = width - x - bw
+            if flip[1]:
+                y = height - y - bh
+            draw.draw_rectangle((x, y, x + bw - 1, y + bh - 1), INK, 1)
 
-    def _brush(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int) -> None:
-        """Co-Mod's RandomBrush: zig-zag strokes whose turning angle alternates around ``mean_angle``."""
+    def _brush(self, draw: Any, rng: np.random.Generator, height: int, width: int, flip: tuple[bool, bool]) -> None:
+        """Co-Mod's RandomBrush: zig-zag strokes whose turning angle alternates around ``mean_angle`` (the first
+        step of a stroke turns by ``2 pi - angle``), each step clipped to the image before the next. The random
+        numbers of all strokes come from a few array draws (the same distributions as one stroke at a time)."""
         n = int(rng.integers(self.brush_tries)) if self.brush_tries > 0 else 0
+        if n == 0:
+            return
         avg_r = math.sqrt(height * height + width * width) / 8.0
         scale = math.sqrt(height * width) / self.reference_size
-        for _ in range(n):
-            nv = int(rng.integers(self.min_vertices, self.max_vertices))
-            lo = self.mean_angle - rng.uniform(0, self.angle_range)
-            hi = self.mean_angle + rng.uniform(0, self.angle_range)
-            angles = rng.uniform(lo, hi, nv)
-            angles[::2] = 2 * math.pi - angles[::2]
-            x, y = float(rng.integers(width)), float(rng.integers(height))
-            radii = np.clip(rng.normal(avg_r, avg_r // 2, nv), 0, 2 * avg_r)
-            dx, dy = (radii * np.cos(angles)).tolist(), (radii * np.sin(angles)).tolist()
-            points = [(int(x), int(y))]
-            for ddx, ddy in zip(dx, dy):
-                x = min(max(x + ddx, 0.0), float(width))
-                y = min(max(y + ddy, 0.0), float(height))
-                points.append((int(x), int(y)))
-            stroke_w = max(1, int(rng.uniform(self.min_width, self.max_width) * scale))
-            draw_stroke(draw, points, stroke_w)
+        counts = rng.integers(self.min_vertices, self.max_vertices, n)
+        u = rng.random((5, n))  # per stroke: angle spread below / above the mean, start x, start y, width
+        steps = int(counts.sum())
+        stroke = np.repeat(np.arange(n), counts)
+        low = self.mean_angle - self.angle_range * u[0]
+        angles = low[stroke] + (self.angle_range * (u[0] + u[1]))[stroke] * rng.random(steps)
+        radii = np.clip(rng.normal(avg_r, avg_r // 2, steps), 0, 2 * avg_r)
+        ends = np.cumsum(counts)
+        sign = 1 - 2 * ((np.arange(steps) - (ends - counts)[stroke]) % 2 == 0)  # 2 pi - angle: sin flips sign
+        dx, dy = radii * np.cos(angles), radii * np.sin(angles) * sign
+        xs, ys = (u[2] * width).astype(np.int64), (u[3] * height).astype(np.int64)
+        if flip[0]:  # mirrored start, mirrored steps (the walk stays clipped to [0, width])
+            xs, dx = width - 1 - xs, -dx
+        if flip[1]:
+            ys, dy = height - 1 - ys, -dy
+        dx, dy, xs, ys = dx.tolist(), dy.tolist(), xs.tolist(), ys.tolist()
+        widths = (self.min_width + (self.max_width - self.min_width) * u[4]) * scale
+        widths = np.maximum(1, widths.astype(np.int64)).tolist()
+        fw, fh, at = float(width), float(height), 0
+        ellipse, lines = draw.draw_ellipse, draw.draw_lines
+        for px, py, w, end in zip(xs, ys, widths, ends.tolist()):
+            r = w / 2.0
+            ellipse((px - r, py - r, px + r, py + r), INK, 1)
+            points = [(px, py)]
+            x, y = float(px), float(py)
+            for k in range(at, end):
+                x += dx[k]
+                if x < 0.0:
+                    x = 0.0
+                elif x > fw:
+                    x = fw
+                y += dy[k]
+                if y < 0.0:
+                    y = 0.0
+                elif y > fh:
+                    y = fh
+                px, py = int(x), int(y)
+                points.append((px, py))
+                ellipse((px - r, py - r, px + r, py + r), INK, 1)
+            lines(points, INK, w)
+            at = end
 
     def __call__(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        img, draw = _canvas(height, width)
-        self._boxes(draw, rng, self.small_box_tries, height // 2, width // 2, height, width)
-        self._boxes(draw, rng, self.large_box_tries, height, width, height, width)
-        self._brush(draw, rng, height, width)
-        mask = _as_bool(img)
-        if rng.random() < 0.5:
-            mask = mask[::-1]
-        if rng.random() < 0.5:
-            mask = mask[:, ::-1]
-        return np.ascontiguousarray(mask)
+        arr, draw = canvas(height, width)
+        flip = tuple((rng.random(2) < 0.5).tolist())  # left-right, up-down
+        self._boxes(draw, rng, self.small_box_tries, height // 2, width // 2, height, width, flip)
+        self._boxes(draw, rng, self.large_box_tries, height, width, height, width, flip)
+        self._brush(draw, rng, height, width, flip)
+        return arr.view(bool)
 
 
 class LamaIrregular:
@@ -129,45 +164,53 @@ class LamaIrregular:
         self.box.update(box or {})
         self.reference_size = float(reference_size)
 
-    def _strokes(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int,
-                 scale: float) -> None:
+    def _strokes(self, draw: Any, rng: np.random.Generator, height: int, width: int, scale: float) -> None:
+        """1-N strokes of 1-5 straight segments; each segment has its own angle, length and width and round ends.
+        The numbers of all segments come from two array draws."""
         p = self.stroke
         times = int(rng.integers(int(p["min_times"]), int(p["max_times"]) + 1))
-        for i in range(times):
-            x, y = int(rng.integers(width)), int(rng.integers(height))
-            for _ in range(1 + int(rng.integers(5))):
-                angle = 0.01 + int(rng.integers(int(p["max_angle"])))
+        starts = rng.integers(0, (width, height, 5), (times, 3))  # x, y, segments - 1
+        steps = rng.integers(0, (int(p["max_angle"]), int(p["max_len"]), int(p["max_width"])),
+                             (int(starts[:, 2].sum()) + times, 3)).tolist()
+        ellipse, lines, at = draw.draw_ellipse, draw.draw_lines, 0
+        for i, (x, y, extra) in enumerate(starts.tolist()):
+            for angle, length, brush in steps[at:at + extra + 1]:
+                angle = 0.01 + angle
                 if i % 2 == 0:
                     angle = 2 * math.pi - angle
-                length = (10 + int(rng.integers(int(p["max_len"])))) * scale
-                brush_w = max(1, int(round((5 + int(rng.integers(int(p["max_width"])))) * scale)))
+                length = (10 + length) * scale
+                w = max(1, int(round((5 + brush) * scale)))
                 ex = int(min(max(x + length * math.sin(angle), 0), width))
                 ey = int(min(max(y + length * math.cos(angle), 0), height))
-                draw_stroke(draw, [(x, y), (ex, ey)], brush_w)
+                lines(((x, y), (ex, ey)), INK, w)
+                r = w / 2.0
+                ellipse((x - r, y - r, x + r, y + r), INK, 1)
+                ellipse((ex - r, ey - r, ex + r, ey + r), INK, 1)
                 x, y = ex, ey
+            at += extra + 1
 
-    def _boxes(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int,
-               scale: float) -> None:
+    def _boxes(self, draw: Any, rng: np.random.Generator, height: int, width: int, scale: float) -> None:
+        """1-N boxes inside a margin; sizes and corners of all boxes come from one array draw."""
         p = self.box
         margin = int(round(p["margin"] * scale))
         min_size = max(1, int(round(p["bbox_min_size"] * scale)))
         max_size = min(int(round(p["bbox_max_size"] * scale)), height - 2 * margin, width - 2 * margin)
         max_size = max(max_size, min_size + 1)
         times = int(rng.integers(int(p["min_times"]), int(p["max_times"]) + 1))
-        for _ in range(times):
-            bw, bh = int(rng.integers(min_size, max_size)), int(rng.integers(min_size, max_size))
-            x = int(rng.integers(margin, max(margin, width - margin - bw) + 1))
-            y = int(rng.integers(margin, max(margin, height - margin - bh) + 1))
-            draw.rectangle((x, y, x + bw - 1, y + bh - 1), fill=255)
+        for uw, uh, ux, uy in rng.random((times, 4)).tolist():  # integers as floor(u * range)
+            bw, bh = min_size + int(uw * (max_size - min_size)), min_size + int(uh * (max_size - min_size))
+            x = margin + int(ux * (max(margin, width - margin - bw) + 1 - margin))
+            y = margin + int(uy * (max(margin, height - margin - bh) + 1 - margin))
+            draw.draw_rectangle((x, y, x + bw - 1, y + bh - 1), INK, 1)
 
     def __call__(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        img, draw = _canvas(height, width)
+        arr, draw = canvas(height, width)
         scale = math.sqrt(height * width) / self.reference_size
         if rng.random() < self.stroke_share:
             self._strokes(draw, rng, height, width, scale)
         else:
             self._boxes(draw, rng, height, width, scale)
-        return _as_bool(img)
+        return arr.view(bool)
 
 
 def _random_box(rng: np.random.Generator, height: int, width: int, area: float,

@@ -1,0 +1,30 @@
+"""The frozen inpainting backbones ASUKA conditions: SD-1.5 inpainting and FLUX.1-Fill-dev.
+
+``backbone_for(model_cfg)`` reads ``model.backbone`` (default ``sd15_inpaint``, the paper's model).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from asuka.models.backbones.base import Backbone, ConditionShapes
+from asuka.models.backbones.flux import FluxFill
+from asuka.models.backbones.sd15 import SD15Inpaint
+from asuka.utils.errors import ConfigError
+
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (SD15Inpaint, FluxFill)}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The backbone called ``name``; ConfigError naming ``model.backbone`` otherwise."""
+    if str(name) not in BACKBONES:
+        raise ConfigError("model.backbone", f"unknown backbone '{name}', expected one of {', '.join(BACKBONES)}")
+    return BACKBONES[str(name)]()
+
+
+def backbone_for(model_cfg: Any) -> Backbone:
+    """The backbone of a ``model`` config block (``model.backbone``; SD-1.5 inpainting when absent)."""
+    name = model_cfg.get("backbone", SD15Inpaint.name) if model_cfg is not None else SD15Inpaint.name
+    return get_backbone(name)
+
+
+__all__ = ["BACKBONES", "Backbone", "ConditionShapes", "backbone_for", "get_backbone"]

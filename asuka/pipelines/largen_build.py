@@ -1,0 +1,174 @@
+"""Assemble LAR-Gen parts from config: the SD-1.5 inpainting backbone, CLIP text and image encoders, the Assign
+adapter, the RefineNet and an optional ASUKA decoder; build, save, load and run :class:`LarGenInpaintPipeline`.
+
+Config: ``largen.*`` names weights (``unet``/``assign``/``refine``: stage folders, ``ip_adapter``: an h94 file,
+``image_encoder``: folder or hub id, ``pipeline``: an exported folder); ``model.largen`` holds the sizes. With
+``model=tiny`` every part not given is a small random one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from omegaconf import DictConfig, OmegaConf
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from asuka.models.largen.assign import AssignAdapter
+from asuka.models.largen.clip_image import build_image_encoder
+from asuka.models.largen.refine import RefineNet
+from asuka.models.mae_import import TINY_SEED
+from asuka.models.sd import SDComponents, build_inference_scheduler, cfg_get, load_sd_inpaint
+from asuka.pipelines.baselines import _load_text_parts, tiny_text_encoder
+from asuka.pipelines.build import _load_decoder, _source
+from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline
+from asuka.utils.errors import AsukaError, ConfigError
+
+
+def given(value: Any) -> bool:
+    return value is not None and str(value) not in ("", "None", "null")
+
+
+@dataclass
+class LarGenParts:
+    sd: SDComponents
+    tokenizer: CLIPTokenizer | None
+    text_encoder: CLIPTextModel
+    image_encoder: CLIPVisionModelWithProjection
+
+
+def tiny(cfg: DictConfig) -> bool:
+    return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
+
+
+def _folder(cfg: DictConfig, key: str, cls: type, what: str) -> Any:
+    path = Path(os.path.expanduser(str(cfg.largen[key])))
+    if not (path / "config.json").is_file():
+        raise AsukaError(f"{path}: not a {what} folder (config.json + safetensors, largen.{key})")
+    try:
+        return cls.from_pretrained(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise AsukaError(f"{path}: cannot load the {what} ({str(exc).splitlines()[0]})") from None
+
+
+def load_parts(cfg: DictConfig, device: str | torch.device = "cpu", train_unet: bool = False) -> LarGenParts:
+    """Backbone (UNet replaced by ``largen.unet`` when given), frozen text and image encoders."""
+    sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device, torch.float32, train_unet=train_unet)
+    if given(cfg.largen.get("unet")):
+        unet = _folder(cfg, "unet", UNet2DConditionModel, "LAR-Gen UNet").to(device)
+        sd.unet = unet.requires_grad_(train_unet).train(train_unet)
+    if tiny(cfg):
+        tokenizer = None
+        text_encoder = tiny_text_encoder(int(cfg_get(cfg.model.sd, "seed", 0)), int(sd.unet.config.cross_attention_dim))
+    else:
+        tokenizer, text_encoder = _load_text_parts(os.path.expanduser(str(_source(cfg, "sd", "sd_inpaint"))), torch.float32)
+    image_encoder = build_image_encoder(cfg.model.largen.image_encoder, cfg.largen.get("image_encoder"))
+    return LarGenParts(sd, tokenizer, text_encoder.to(device), image_encoder.to(device))
+
+
+def build_assign(cfg: DictConfig, unet: UNet2DConditionModel) -> AssignAdapter:
+    """``largen.assign`` (a stage folder), else ``largen.ip_adapter`` (an h94 file), else new from ``model.largen``."""
+    if given(cfg.largen.get("assign")):
+        return _folder(cfg, "assign", AssignAdapter, "Assign adapter").to(unet.device)
+    if given(cfg.largen.get("ip_adapter")):
+        return AssignAdapter.from_ip_adapter_file(cfg.largen.ip_adapter, unet, int(cfg.model.largen.assign.dim_head))
+    sizes = OmegaConf.to_container(cfg.model.largen.assign, resolve=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("seed", TINY_SEED)))
+        return AssignAdapter.from_unet(unet, **sizes)
+
+
+def build_refine(cfg: DictConfig, unet: UNet2DConditionModel, required: bool = False) -> RefineNet | None:
+    """``largen.refine`` (a stage-B folder); a new one from the UNet when ``required`` or with tiny models."""
+    if given(cfg.largen.get("refine")):
+        return _folder(cfg, "refine", RefineNet, "RefineNet").to(unet.device)
+    if required or tiny(cfg):
+        return RefineNet.from_unet(unet, int(cfg.model.largen.assign.image_embed_dim))
+    return None
+
+
+def inference_scheduler(scheduler_config: Any) -> DDIMScheduler:
+    """DDIM on the backbone's schedule with trailing timesteps (released LAR-Gen)."""
+    return DDIMScheduler.from_config(build_inference_scheduler(scheduler_config).config, timestep_spacing="trailing")
+
+
+def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -> LarGenInpaintPipeline:
+    """An exported folder (``largen.pipeline``) as is, else the pipeline assembled from the parts."""
+    if given(cfg.largen.get("pipeline")):
+        return load_largen_pipeline(cfg.largen.pipeline, device)
+    if not tiny(cfg) and not given(cfg.largen.get("unet")):
+        raise ConfigError("largen.unet", "LAR-Gen needs its trained UNet (stage A final/unet)")
+    parts = load_parts(cfg)
+    decoder = _load_decoder(cfg.largen.decoder) if given(cfg.largen.get("decoder")) else None
+    pipe = LarGenInpaintPipeline(
+        vae=parts.sd.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.sd.unet,
+        assign=build_assign(cfg, parts.sd.unet), image_encoder=parts.image_encoder,
+        scheduler=inference_scheduler(parts.sd.scheduler.config), refine=build_refine(cfg, parts.sd.unet),
+        decoder=decoder,
+    )
+    return _frozen(pipe).to(device)
+
+
+def _frozen(pipe: LarGenInpaintPipeline) -> LarGenInpaintPipeline:
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval()
+    return pipe
+
+
+def load_largen_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu") -> LarGenInpaintPipeline:
+    """A folder written by ``save_pretrained`` (``scripts/export_pipeline.py method=largen``)."""
+    folder = Path(os.path.expanduser(str(path)))
+    if not (folder / "model_index.json").is_file():
+        raise AsukaError(f"{folder}: not an exported LAR-Gen pipeline (no model_index.json)")
+    try:
+        pipe = LarGenInpaintPipeline.from_pretrained(str(folder))
+    except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
+        raise AsukaError(f"{folder}: cannot load the LAR-Gen pipeline ({str(exc).splitlines()[0]})") from None
+    return _frozen(pipe).to(device)
+
+
+def export_largen_pipeline(cfg: DictConfig) -> Path:
+    """``scripts/export_pipeline.py method=largen out=DIR``."""
+    if not given(cfg.get("out")):
+        raise ConfigError("out", "give the folder to write the pipeline to (out=DIR)")
+    out = Path(os.path.expanduser(str(cfg.out)))
+    pipe = build_largen_pipeline(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out))
+    print(f"wrote {out} (refine={type(pipe.refine).__name__}, decoder={type(pipe.decoder).__name__})")
+    return out
+
+
+def inpaint_largen(cfg: DictConfig) -> Path:
+    """``scripts/inpaint.py method=largen image=... mask=... out=... prompt=... subject=... [subject_mask=...]``."""
+    import numpy as np
+    from PIL import Image
+
+    from asuka.data.images import load_image, load_mask
+
+    as_mask = lambda path: Image.fromarray(load_mask(path).astype(np.uint8) * 255)  # noqa: E731  (>= 128 = hole)
+
+    for key in ("image", "mask_file", "out"):
+        if not given(cfg.get(key)):
+            raise ConfigError("mask" if key == "mask_file" else key, "missing (LAR-Gen needs image=, mask= and out=)")
+    if not given(cfg.get("prompt")) and not given(cfg.get("subject")):
+        raise ConfigError("prompt", "give prompt=TEXT, subject=IMAGE, or both")
+    image, mask = load_image(cfg.image), as_mask(cfg.mask_file)
+    subject = load_image(cfg.subject) if given(cfg.get("subject")) else None
+    subject_mask = as_mask(cfg.subject_mask) if given(cfg.get("subject_mask")) else None
+    device = "cpu" if cfg.trainer.cpu or not torch.cuda.is_available() else "cuda"
+    pipe = build_largen_pipeline(cfg, device)
+    generator = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+    result = pipe(image, mask, prompt=str(cfg.get("prompt") or ""), subject_image=subject, subject_mask=subject_mask,
+                  image_scale=float(cfg.largen.image_scale), guidance_scale=float(cfg.largen.guidance_scale),
+                  guidance_rescale=float(cfg.largen.guidance_rescale), num_inference_steps=int(cfg.steps),
+                  generator=generator).images[0]
+    out = Path(os.path.expanduser(str(cfg.out)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    print(f"wrote {out}")
+    return out

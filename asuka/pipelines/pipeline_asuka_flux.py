@@ -1,0 +1,198 @@
+"""ASUKA on FLUX.1-Fill-dev: the aligned MAE prior replaces FLUX's T5 tokens and pooled CLIP vector.
+
+The released recipe (``asuka-flux/test_asuka_flux.py``): MAE prior -> two alignment heads (``txt`` [B,256,4096] from
+the T5 head; ``vec`` [B,768] = the CLIP head's output averaged over the tokens) -> ``null + w (c - null)`` with
+``w = condition_weight`` (0.5) -> FLUX.1-Fill sampling (50 Euler steps, dynamic shift, distilled guidance 30, fill
+condition from the masked image) -> the ASUKA decoder. With ``decoder=None`` and ``condition_weight=1`` the sampling is
+diffusers' ``FluxFillPipeline`` fed ``prompt_embeds``/``pooled_prompt_embeds`` = the aligned prior and the same
+latents (a test holds us to that). Without an MAE the stored conditions are used as they are: that is the
+FLUX.1-Fill-dev baseline (stored prompt embedding, plain AE decode).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# Imported so that from_pretrained finds the component classes named in model_index.json.
+from asuka.models.alignment import AlignmentModule
+from asuka.models.backbones import flux
+from asuka.models.backbones.flux import FluxConditions
+from asuka.models.decoder import AsukaDecoder
+from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.sd import vae_scale_factor
+from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, decode_latents, finish,
+                                                   preprocess_inpaint_inputs)
+from asuka.utils.errors import AsukaError
+
+CONDITION_WEIGHT = 0.5      # official --condition_weight default
+
+
+class AsukaFluxFillPipeline(DiffusionPipeline):
+    """Inpaint with frozen FLUX.1-Fill-dev conditioned on the aligned MAE prior (ASUKA-FLUX), or with stored
+    conditions only (the FLUX.1-Fill-dev baseline).
+
+    Components: ``transformer``, ``vae``, ``scheduler`` (frozen FLUX.1-Fill), ``conditions``
+    (:class:`~asuka.models.backbones.flux.FluxConditions`: the null pair, or the baseline's stored prompt), and
+    optionally ``mae``, ``alignment`` (T5 head, tokens) and ``alignment_clip`` (CLIP head, pooled), ``decoder``
+    (the ASUKA decoder on raw AE latents; None decodes with the AE). ``condition_weight`` and ``guidance`` are the
+    call's defaults, saved in ``model_index.json`` (``model.condition_weight``, ``model.guidance``). Inputs as
+    :class:`~asuka.pipelines.AsukaInpaintPipeline` (sizes rounded down to multiples of 16).
+    """
+
+    model_cpu_offload_seq = "mae->alignment->alignment_clip->transformer->vae->decoder"
+    _optional_components = ["mae", "alignment", "alignment_clip", "decoder"]
+
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        vae: AutoencoderKL,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        conditions: FluxConditions,
+        mae: MaskedAutoencoderViT | None = None,
+        alignment: AlignmentModule | None = None,
+        alignment_clip: AlignmentModule | None = None,
+        decoder: AsukaDecoder | None = None,
+        condition_weight: float = CONDITION_WEIGHT,
+        guidance: float = flux.GUIDANCE,
+    ) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, conditions=conditions, mae=mae,
+                              alignment=alignment, alignment_clip=alignment_clip, decoder=decoder)
+        self.register_to_config(condition_weight=float(condition_weight), guidance=float(guidance))
+        self.vae_scale_factor = vae_scale_factor(vae) if vae is not None else 8
+        multiple = self.vae_scale_factor * flux.PACK
+        self.image_processor = VaeImageProcessor(vae_scale_factor=multiple)
+        self.mask_processor = VaeImageProcessor(vae_scale_factor=multiple, do_normalize=False, do_binarize=True,
+                                                do_convert_grayscale=True)
+
+    @property
+    def uses_prior(self) -> bool:
+        """ASUKA (MAE + both heads) rather than the stored conditions alone."""
+        return self.mae is not None
+
+    def preprocess(self, image: ImageInput, mask_image: ImageInput, height: int | None = None,
+                   width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ``(image [B,3,h,w] in [-1,1], mask [B,1,h,w] in {0,1})``, sides multiples of 16."""
+        return preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor, height, width)
+
+    # ------------------------------------------------------------------ conditions
+    def aligned_prior(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two heads on the MAE prior of preprocessed tensors: ``txt [B,L,D]`` and ``vec [B,P]`` (token mean)."""
+        param = next(self.mae.parameters())
+        prior = self.mae.prior(image.to(param.device, param.dtype), mask.to(param.device, param.dtype))
+        txt = self.alignment(prior.to(next(self.alignment.parameters()).dtype))
+        vec = self.alignment_clip(prior.to(next(self.alignment_clip.parameters()).dtype)).mean(dim=1)
+        return txt, vec
+
+    def encode_conditions(self, image: torch.Tensor, mask: torch.Tensor,
+                          condition_weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(txt, vec)`` for the transformer: ``null + w * (aligned - null)``, or the stored pair (baseline)."""
+        b = image.shape[0]
+        null_txt, null_vec = self.conditions.txt.float(), self.conditions.vec.float()
+        if not self.uses_prior:
+            return null_txt.expand(b, -1, -1), null_vec.expand(b, -1)
+        txt, vec = self.aligned_prior(image, mask)
+        txt, vec = txt.float().to(null_txt.device), vec.float().to(null_txt.device)
+        if txt.shape[1:] != null_txt.shape[1:] or vec.shape[1:] != null_vec.shape[1:]:
+            raise AsukaError(f"aligned prior {tuple(txt.shape[1:])}/{tuple(vec.shape[1:])} does not match the null "
+                             f"conditions {tuple(null_txt.shape[1:])}/{tuple(null_vec.shape[1:])}")
+        w = float(self.config.condition_weight if condition_weight is None else condition_weight)
+        return null_txt + w * (txt - null_txt), null_vec + w * (vec - null_vec)
+
+    def _decode(self, latents: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Packed latents -> pixels in [-1,1]: the ASUKA decoder when present, else the AE decoder."""
+        z = flux.to_ae_space(self.vae, flux.unpack(latents, init_image.shape[-2], init_image.shape[-1], self.vae))
+        return decode_latents(self.decoder, self.vae, z, init_image, mask)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = flux.NUM_STEPS,
+        guidance: float | None = None,
+        condition_weight: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        paste_back: bool = False,
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        guidance_scale: float = 1.0,
+    ) -> ImagePipelineOutput | tuple:
+        """Inpaint the holes (mask 1) of ``image``.
+
+        Args:
+            num_inference_steps: Euler steps (50, official).
+            guidance: FLUX.1-Fill's distilled guidance value (default the pipeline's, 30 as official); not
+                classifier-free guidance.
+            condition_weight: ``w`` of ``null + w (c - null)`` (default the pipeline's, 0.5 as official; 1 = the
+                aligned prior as is).
+            generator: draws the initial noise, then the AE posterior sample of the masked image.
+            latents: packed initial noise ``[B, N, 64]``.
+            prompt_embeds, pooled_prompt_embeds: precomputed ``txt``/``vec`` (skip the MAE, heads and blending).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` (in [0, 1]) or ``"latent"`` (packed).
+            paste_back: composite the known pixels of the (preprocessed) input into the result.
+
+            guidance_scale: classifier-free guidance, as the SD pipeline's argument (so the scripts drive both
+                alike); only 1 (none, the released recipe) is supported.
+
+        Empty masks return the input, as the SD pipeline does.
+        """
+        if float(guidance_scale) != 1.0:
+            raise AsukaError(f"guidance_scale={guidance_scale}: ASUKA-FLUX runs FLUX.1-Fill's distilled guidance "
+                             "(guidance=30), without classifier-free guidance; use guidance_scale=1")
+        init_image, mask = self.preprocess(image, mask_image, height, width)
+        b, device, dtype = init_image.shape[0], self._execution_device, self.transformer.dtype
+        if bool(all_empty(mask).all()):
+            if output_type == "latent":
+                raise AsukaError("output_type='latent' with an all-zero mask: nothing to sample")
+            images = self.image_processor.postprocess(init_image, output_type=output_type)
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+        if prompt_embeds is None or pooled_prompt_embeds is None:
+            txt, vec = self.encode_conditions(init_image, mask, condition_weight)
+        else:
+            txt, vec = prompt_embeds, pooled_prompt_embeds
+        txt, vec = txt.to(device, dtype), vec.to(device, dtype)
+        if txt.shape[0] != b:
+            txt, vec = txt.repeat(b // txt.shape[0], 1, 1), vec.repeat(b // vec.shape[0], 1)
+
+        h, w = flux.latent_grid(self.vae, init_image.shape[-2], init_image.shape[-1])
+        if latents is None:
+            noise = randn_tensor((b, self.vae.config.latent_channels, h, w), generator=generator, device=device,
+                                 dtype=dtype)
+            latents = flux.pack(noise)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        fill = flux.fill_condition(self.vae, init_image.to(device), mask.to(device), generator).to(device, dtype)
+        img_ids = flux.image_ids(self.vae, init_image.shape[-2], init_image.shape[-1], device, dtype)
+        timesteps = flux.inference_timesteps(self.scheduler, num_inference_steps, latents.shape[1], device)
+
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                v = flux.predict(self.transformer, latents, fill, t.expand(b), txt, vec, img_ids,
+                                 self.config.guidance if guidance is None else guidance)
+                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    latents = (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents", latents)
+                bar.update()
+
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return ImagePipelineOutput(images=latents) if return_dict else (latents,)
+        result = finish(self._decode(latents, init_image.to(device), mask.to(device)), init_image, mask, paste_back)
+        images = self.image_processor.postprocess(result, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -1,0 +1,224 @@
+"""LAR-Gen inpainting: a scene, a mask, and a text prompt, a subject image, or both (Locate, Assign, Refine).
+
+Released defaults: DDIM with trailing timesteps, 50 steps, CFG 7.5 with guidance rescale 0.5 (one scale for text
+and image; the unconditional branch has the empty prompt and zeroed CLIP pixels, and no reference); the scene is
+cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the subject is put on
+white, cropped to its mask and padded square. At every step the known region is replaced by the noised source latent.
+An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+# Imported so that from_pretrained resolves the asuka classes named in model_index.json.
+from asuka.data.images import pil_to_tensor, to_gray, to_rgb
+from asuka.models.decoder import AsukaDecoder
+from asuka.models.largen.assign import AssignAdapter
+from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
+from asuka.models.largen.crop import SCENE_CROP_SCALE, mask_box, square_crop_box
+from asuka.models.largen.net import LarGenNet
+from asuka.models.largen.refine import RefineNet
+from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
+from asuka.pipelines.baselines import tiny_token_ids
+from asuka.pipelines.pipeline_asuka_inpaint import (AsukaInpaintPipeline, ImageInput, decode_latents,
+                                                   preprocess_inpaint_inputs)
+from asuka.utils.errors import AsukaError
+
+GUIDANCE_SCALE = 7.5      # released LAR-Gen inference
+GUIDANCE_RESCALE = 0.5    # released LAR-Gen inference
+
+
+def encode_prompts(
+    tokenizer: CLIPTokenizer | None, text_encoder: CLIPTextModel, prompts: Sequence[str]
+) -> torch.Tensor:
+    """CLIP text hidden states ``[B, 77, D]``; without a tokenizer (tiny test models) the prompts' bytes are the ids."""
+    if tokenizer is None:
+        ids = torch.cat([tiny_token_ids(p) for p in prompts])
+    else:
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
+    if mask is None:
+        return None
+    if isinstance(mask, PIL.Image.Image):
+        return np.asarray(to_gray(mask)) >= 128
+    arr = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).squeeze()
+    return arr >= (128 if arr.dtype == np.uint8 else 0.5)
+
+
+def subject_tensor(subject_image: PIL.Image.Image, subject_mask: ImageInput | None, size: int) -> torch.Tensor:
+    """The subject as LAR-Gen sees it: white ground, cropped to its mask, padded square, ``[1, 3, size, size]``."""
+    square = prepare_subject(to_rgb(subject_image), _mask_array(subject_mask))
+    return pil_to_tensor(square.resize((size, size), PIL.Image.BICUBIC))[None]
+
+
+class LarGenInpaintPipeline(DiffusionPipeline):
+    """Components: ``vae``, ``text_encoder``, ``tokenizer`` (None: tiny byte ids), ``unet`` (9-channel, trained),
+    ``assign`` (:class:`AssignAdapter`), ``image_encoder`` (CLIP ViT-H/14), ``scheduler`` (DDIM trailing),
+    ``refine`` (:class:`RefineNet`, optional), ``decoder`` (:class:`AsukaDecoder`, optional)."""
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->refine->unet->vae->decoder"
+    _optional_components = ["tokenizer", "refine", "decoder"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer | None,
+        unet: UNet2DConditionModel,
+        assign: AssignAdapter,
+        image_encoder: CLIPVisionModelWithProjection,
+        scheduler: KarrasDiffusionSchedulers,
+        refine: RefineNet | None = None,
+        decoder: AsukaDecoder | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, assign=assign,
+                              image_encoder=image_encoder, scheduler=scheduler, refine=refine, decoder=decoder)
+        self.net = LarGenNet(unet, assign)  # installs the processors; holds no weights of its own
+        self.vae_scale_factor = vae_scale_factor(vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        )
+
+    @property
+    def default_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return decode_latents(self.decoder, self.vae, latents / self.vae.config.scaling_factor, image, mask)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        prompt: str = "",
+        subject_image: PIL.Image.Image | None = None,
+        subject_mask: ImageInput | None = None,
+        image_scale: float = 1.0,
+        guidance_scale: float = GUIDANCE_SCALE,
+        guidance_rescale: float = GUIDANCE_RESCALE,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        size: int | None = None,
+        crop: bool = True,
+        paste_back: bool = True,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Inpaint the hole (mask 1) of one ``image`` guided by ``prompt`` and/or ``subject_image`` (+ its mask).
+
+        With both a prompt and a subject the hole is the mask's bounding box (released LAR-Gen).
+        ``image_scale`` is Assign's lambda (0 ignores the subject's tokens); ``size`` the working resolution (default
+        the UNet's); ``crop`` works on the square crop around the mask and pastes the result back into the full
+        image (otherwise the whole image is resized to ``size``). ``paste_back`` keeps the known pixels of the input
+        exactly; without it the whole worked region is the decoder's output (what background metrics should see).
+        """
+        scene, mask = preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor)
+        if scene.shape[0] != 1:
+            raise AsukaError("LarGenInpaintPipeline inpaints one image per call")
+        if not prompt and subject_image is None:
+            raise AsukaError("give a prompt, a subject image, or both")
+        size = int(size or self.default_size)
+        box = mask_box(mask[0, 0].numpy() > 0.5)
+        if box is None:  # nothing to fill
+            images = self.image_processor.postprocess(scene, output_type=output_type)
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
+        height, width = scene.shape[-2:]
+        region = square_crop_box(box, SCENE_CROP_SCALE, width, height) if crop else (0, 0, width, height)
+        x0, y0, x1, y1 = region
+        part, part_mask = scene[..., y0:y1, x0:x1], mask[..., y0:y1, x0:x1]
+        if prompt and subject_image is not None:  # released: text+subject fills the mask's bounding box
+            bx0, by0, bx1, by1 = box
+            part_mask = torch.zeros_like(part_mask)
+            part_mask[..., by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = 1.0
+        work = F.interpolate(part, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+        work_mask = (F.interpolate(part_mask, size=(size, size), mode="nearest") > 0.5).float()
+        subject = None if subject_image is None else subject_tensor(subject_image, subject_mask, size)
+        result = self.sample(work, work_mask, prompt, subject, image_scale, guidance_scale, guidance_rescale,
+                             num_inference_steps, generator, eta)
+        result = F.interpolate(result.cpu(), size=(y1 - y0, x1 - x0), mode="bicubic", align_corners=False)
+        out = scene.clone()
+        result = result.clamp(-1, 1)
+        out[..., y0:y1, x0:x1] = result * part_mask + part * (1 - part_mask) if paste_back else result
+        images = self.image_processor.postprocess(out, output_type=output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def sample(
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        prompt: str,
+        subject: torch.Tensor | None,
+        image_scale: float = 1.0,
+        guidance_scale: float = GUIDANCE_SCALE,
+        guidance_rescale: float = GUIDANCE_RESCALE,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+    ) -> torch.Tensor:
+        """The sampler on prepared tensors (``image``/``subject`` ``[1,3,S,S]`` in [-1,1], ``mask`` 1 = hole): the
+        decoded result in [-1, 1], known region not yet pasted. Training validation calls it directly."""
+        device, dtype = self._execution_device, self.unet.dtype
+        do_cfg = guidance_scale > 1.0
+        prompts = ["", prompt] if do_cfg else [prompt]
+        text = encode_prompts(self.tokenizer, self.text_encoder, prompts).to(dtype)
+        image_embeds = clip_last = keep = None
+        if subject is not None:
+            pixels = clip_pixels(subject.to(device), self.image_encoder)
+            if do_cfg:
+                pixels = torch.cat([torch.zeros_like(pixels), pixels])
+            image_embeds, clip_last = image_hidden_states(self.image_encoder, pixels)
+            keep = torch.tensor([0.0, 1.0] if do_cfg else [1.0], device=device)
+        image, mask = image.to(device), mask.to(device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latent_shape = (1, self.vae.config.latent_channels, *(s // self.vae_scale_factor for s in image.shape[-2:]))
+        noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        latents = noise * self.scheduler.init_noise_sigma
+        mask_latent, masked_latents = encode_masked_image(self.vae, image, mask, generator=generator)
+        source = encode_latents(self.vae, image, generator=generator).to(dtype)
+        refine = self.refine if subject is not None else None
+        if refine is not None:
+            subject_latents = encode_latents(self.vae, subject.to(device), generator=generator).to(dtype)
+            subject_noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        repeat = 2 if do_cfg else 1
+        conditions = [c.to(dtype).repeat(repeat, 1, 1, 1) for c in (mask_latent, masked_latents)]
+        timesteps = self.scheduler.timesteps
+        step_kwargs = AsukaInpaintPipeline._step_kwargs(self, generator, eta)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_in = self.scheduler.scale_model_input(latents.repeat(repeat, 1, 1, 1), t)
+            bank = None
+            if refine is not None:
+                noisy_subject = self.scheduler.add_noise(subject_latents, subject_noise, t.reshape(1))
+                bank = refine(noisy_subject.repeat(repeat, 1, 1, 1), t, clip_last)
+            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, keep)
+            if do_cfg:
+                uncond, cond = eps.chunk(2)
+                eps = uncond + guidance_scale * (cond - uncond)
+                if guidance_rescale > 0:
+                    eps = rescale_noise_cfg(eps, cond, guidance_rescale=guidance_rescale)
+            latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+            # Locate: the known region follows the source latent, noised to the next step's level
+            known = source
+            if i < len(timesteps) - 1:
+                known = self.scheduler.add_noise(source, noise, timesteps[i + 1].reshape(1))
+            latents = known * (1 - mask_latent.to(dtype)) + latents * mask_latent.to(dtype)
+        return self._decode(latents, image, mask)

@@ -1,0 +1,72 @@
+"""The quadruplet manifest contract (asuka.data.quadruplets) and the shipped samples in data/largen_samples."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asuka.data.largen_engine.samples import make_samples
+from asuka.data.quadruplets import Quadruplet, load_manifest
+from asuka.utils.errors import AsukaError
+
+
+def _arr(path):
+    return np.asarray(Image.open(path))
+
+
+def test_shipped_samples_are_a_valid_manifest(repo):
+    quads = load_manifest(repo / "data" / "largen_samples")
+    assert len(quads) >= 6 and len({q.id for q in quads}) == len(quads)
+    for q in quads:
+        scene, mask = Image.open(q.scene), _arr(q.mask)
+        assert scene.mode == "RGB" and Image.open(q.mask).mode == "L" and mask.shape == scene.size[::-1]
+        x0, y0, x1, y1 = q.box
+        ys, xs = np.nonzero(mask == 255)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)  # the mask's tight box
+        subject, subject_mask = _arr(q.subject), _arr(q.subject_mask)
+        assert subject.shape[:2] == subject_mask.shape == (y1 - y0, x1 - x0)
+        assert np.array_equal(subject_mask, mask[y0:y1, x0:x1])
+        inside = subject_mask == 255
+        assert (subject[~inside] == 255).all()  # white outside the subject
+        assert np.array_equal(subject[inside], np.asarray(scene)[y0:y1, x0:x1][inside])
+        assert q.tag in q.caption and q.source.startswith("scene_")
+        assert set(q.scores) == {"tag", "box", "mask"}
+
+
+def test_regenerating_the_samples_gives_the_shipped_content(repo, tmp_path):
+    shipped = load_manifest(repo / "data" / "largen_samples")
+    make_samples(tmp_path / "again")
+    again = load_manifest(tmp_path / "again")
+    assert [(q.id, q.tag, q.caption, q.box, q.source) for q in again] == \
+        [(q.id, q.tag, q.caption, q.box, q.source) for q in shipped]
+    for a, b in zip(again, shipped):
+        assert a.scores == pytest.approx(b.scores, abs=1e-6)
+        assert np.array_equal(_arr(a.mask), _arr(b.mask))
+        for key in ("scene", "subject"):  # procedural float maths: allow a rounding step
+            assert np.abs(_arr(getattr(a, key)).astype(int) - _arr(getattr(b, key))).max() <= 2
+
+
+def test_record_round_trip(tmp_path):
+    q = Quadruplet("0000007_01", tmp_path / "s/a.png", tmp_path / "s/m.png", tmp_path / "s/b.png",
+                   tmp_path / "s/c.png", "a red ball", "ball", (1, 2, 30, 40), {"box": 0.5}, "x/y.jpg")
+    record = json.loads(json.dumps(q.to_record(tmp_path)))
+    assert record["scene"] == "s/a.png" and record["box"] == [1, 2, 30, 40]
+    assert Quadruplet.from_record(record, tmp_path) == q
+
+
+def test_refuses_missing_unfinished_and_broken_manifests(repo, tmp_path):
+    with pytest.raises(AsukaError, match="no quadruplet manifest here"):
+        load_manifest(tmp_path / "nothing")
+    copy = tmp_path / "copy"
+    shutil.copytree(repo / "data" / "largen_samples", copy)
+    index = json.loads((copy / "index.json").read_text())
+    (copy / "index.json").write_text(json.dumps({**index, "complete": False}))
+    with pytest.raises(AsukaError, match=f"{copy}: the quadruplet manifest is unfinished"):
+        load_manifest(copy)
+    (copy / "index.json").write_text(json.dumps(index))
+    shutil.rmtree(copy / "shard_00001")
+    with pytest.raises(AsukaError, match="shard_00001/quadruplets.jsonl: missing shard"):
+        load_manifest(copy)

@@ -1,0 +1,160 @@
+"""LarGenInpaintPipeline: text only, subject only, both; known pixels kept; the scene crop; round trip; decoder."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import compose_config  # noqa: E402
+
+from asuka.models.largen.crop import mask_box  # noqa: E402
+from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
+from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
+from asuka.utils.errors import AsukaError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipe() -> LarGenInpaintPipeline:
+    pipe = build_largen_pipeline(compose_config("eval", ["experiment=demo", "method=largen"]))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def scene_and_mask(h: int = 96, w: int = 128):
+    rng = np.random.default_rng(0)
+    scene = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    mask = np.zeros((h, w), np.uint8)
+    mask[30:50, 70:95] = 255
+    mask[30:36, 70:78] = 0  # a notch: not a rectangle
+    return scene, Image.fromarray(mask)
+
+
+def subject():
+    arr = np.full((40, 30, 3), 255, np.uint8)
+    arr[5:35, 5:25] = (200, 30, 30)
+    return Image.fromarray(arr), Image.fromarray(((arr[..., 1] < 100) * 255).astype(np.uint8))
+
+
+def run(pipe, **kwargs):
+    scene, mask = scene_and_mask()
+    out = pipe(scene, mask, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np",
+               **kwargs).images[0]
+    return np.asarray(scene).astype(np.float32) / 255, np.asarray(mask) > 127, out
+
+
+@pytest.mark.parametrize("mode", ["text", "subject", "both"])
+def test_text_subject_and_both_inpaint_only_the_hole(pipe, mode):
+    image, hole = subject()
+    kwargs = {"text": {"prompt": "a red ball"}, "subject": {"subject_image": image, "subject_mask": hole},
+              "both": {"prompt": "a red ball", "subject_image": image, "subject_mask": hole}}[mode]
+    scene, mask, out = run(pipe, **kwargs)
+    assert out.shape == scene.shape
+    if mode == "both":  # released LAR-Gen: text + subject fill the mask's bounding box
+        mask = np.zeros_like(mask)
+        mask[30:50, 70:95] = True
+        assert np.abs(out[30:36, 70:78] - scene[30:36, 70:78]).mean() > 0.02  # the notch was regenerated
+    assert np.abs(out[~mask] - scene[~mask]).max() < 1 / 255 + 1e-6  # known pixels pasted back exactly
+    assert np.abs(out[mask] - scene[mask]).mean() > 0.02  # the hole was filled with something else
+
+
+def test_prompt_and_subject_change_the_result(pipe):
+    image, hole = subject()
+    _, mask, text = run(pipe, prompt="a red ball")
+    _, _, both = run(pipe, prompt="a red ball", subject_image=image, subject_mask=hole)
+    _, _, weak = run(pipe, prompt="a red ball", subject_image=image, subject_mask=hole, image_scale=0.0)
+    assert np.abs(text[mask] - both[mask]).max() > 1e-3
+    assert np.abs(weak[mask] - both[mask]).max() > 1e-3
+
+
+def test_known_region_follows_the_source_latents(pipe, monkeypatch):
+    """Locate: after the last step the known cells of the latents are exactly the source image's latents."""
+    import asuka.pipelines.pipeline_largen as module
+
+    encoded, final = [], []
+    real_encode = module.encode_latents
+    monkeypatch.setattr(module, "encode_latents", lambda *a, **k: encoded.append(real_encode(*a, **k)) or encoded[-1])
+    monkeypatch.setattr(pipe, "_decode", lambda latents, image, mask: final.append(latents) or image)
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:40, 8:48] = 1
+    pipe.sample(image, mask, "a ball", None, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    known = mask[:, :, ::8, ::8] < 0.5
+    source, latents = encoded[0], final[0]
+    assert torch.equal((latents * known)[0], (source * known)[0])
+    assert not torch.allclose(latents * ~known, source * ~known)
+
+
+def test_needs_a_prompt_or_a_subject(pipe):
+    scene, mask = scene_and_mask()
+    with pytest.raises(AsukaError, match="prompt, a subject image, or both"):
+        pipe(scene, mask)
+
+
+def test_round_trip_keeps_every_weight_and_the_output(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "largen")
+    loaded = load_largen_pipeline(tmp_path / "largen")
+    loaded.set_progress_bar_config(disable=True)
+    for name in ("unet", "assign", "refine", "image_encoder", "text_encoder", "vae"):
+        a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert loaded.scheduler.config.timestep_spacing == "trailing"
+    image, hole = subject()
+    _, mask, before = run(pipe, prompt="a kite", subject_image=image, subject_mask=hole)
+    _, _, after = run(loaded, prompt="a kite", subject_image=image, subject_mask=hole)
+    assert np.abs(before - after).max() < 1e-4
+
+
+def test_asuka_decoder_as_the_decoder(tmp_path):
+    from asuka.models.decoder import build_decoder
+
+    cfg = compose_config("eval", ["experiment=demo", "method=largen"])
+    pipe = build_largen_pipeline(cfg)
+    pipe.set_progress_bar_config(disable=True)
+    decoder = build_decoder(compose_config("eval", ["experiment=demo"]).model.decoder, pipe.vae)
+    with_decoder = LarGenInpaintPipeline(**{**pipe.components, "decoder": decoder.eval()})
+    with_decoder.set_progress_bar_config(disable=True)
+    _, mask, plain = run(pipe, prompt="a vase")
+    _, _, decoded = run(with_decoder, prompt="a vase")
+    assert np.abs(plain[mask] - decoded[mask]).max() > 1e-3  # another decoder decoded the latents
+    with_decoder.save_pretrained(tmp_path / "p")
+    assert type(load_largen_pipeline(tmp_path / "p").decoder).__name__ == "AsukaDecoder"
+
+
+def test_export_and_inpaint_scripts(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    shard = REPO / "data/largen_samples/shard_00000"
+    export = [sys.executable, str(REPO / "scripts/export_pipeline.py"), "experiment=demo", "method=largen",
+              f"out={tmp_path / 'pipe'}", f"hydra.run.dir={tmp_path / 'h1'}"]
+    inpaint = [sys.executable, str(REPO / "scripts/inpaint.py"), "experiment=demo", "method=largen",
+               f"largen.pipeline={tmp_path / 'pipe'}", f"image={shard / '0000000.png'}",
+               f"mask={shard / '0000000_00_mask.png'}", f"subject={shard / '0000001_00_subject.png'}",
+               f"subject_mask={shard / '0000001_00_subject_mask.png'}", "prompt=a blue box", "steps=2",
+               f"out={tmp_path / 'out.png'}", f"hydra.run.dir={tmp_path / 'h2'}"]
+    for cmd in (export, inpaint):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    scene = np.asarray(Image.open(shard / "0000000.png").convert("RGB"))
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    x0, y0, x1, y1 = mask_box(np.asarray(Image.open(shard / "0000000_00_mask.png").convert("L")) >= 128)
+    known = np.ones(scene.shape[:2], bool)
+    known[y0:y1, x0:x1] = False  # text + subject: the mask's box is regenerated
+    assert out.shape == scene.shape and np.array_equal(out[known], scene[known])
+
+
+def test_inpaint_needs_a_prompt_or_subject(tmp_path):
+    from asuka.pipelines.largen_build import inpaint_largen
+    from asuka.utils.errors import ConfigError
+
+    cfg = compose_config("inpaint", ["experiment=demo", "method=largen", f"image={tmp_path}/a.png",
+                                     f"mask_file={tmp_path}/m.png", f"out={tmp_path}/o.png"])
+    with pytest.raises(ConfigError, match="prompt=TEXT, subject=IMAGE, or both"):
+        inpaint_largen(cfg)
