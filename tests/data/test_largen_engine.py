@@ -165,3 +165,21 @@ def test_tiny_models_mine_the_shipped_samples_into_a_largen_dataset(tmp_path):
     assert len(dataset) == len(quads)
     item = dataset[(0, 0)]
     assert item["image"].shape[0] == 3 and item["mask"].shape[0] == 1
+
+
+def test_torchrun_two_processes_give_the_single_process_manifest(tmp_path):
+    """The real launch: torchrun splits the shards over 2 processes (gloo, CPU) and the manifest is byte for byte the
+    one a single process writes."""
+    images = tmp_path / "images"
+    write_sample_scenes(images, n=5, seed=3, size=64)
+    mine(compose_config("make_largen_data", _overrides(images, tmp_path / "single", "shard_size=2")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "scripts" / "make_largen_data.py"), *_overrides(images, tmp_path / "two", "shard_size=2"),
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 shards (2 mined by rank 0)" in proc.stdout + proc.stderr  # rank 1 mined shard 1
+    assert _content(tmp_path / "two") == _content(tmp_path / "single")
+    assert json.loads((tmp_path / "two" / "index.json").read_text()) == \
+        json.loads((tmp_path / "single" / "index.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,22 @@ def test_torchrun_with_the_frozen_transformer_sharded(tmp_path):
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     ckpt = runs["sharded"] / "checkpoints/checkpoint-2"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["alignment", "alignment_clip"]
+
+
+def test_sharded_run_resumes_exactly(tmp_path):
+    """2 processes, frozen transformer sharded: a run that loses everything after its step-2 checkpoint (as a kill
+    would) and resumes ends with the heads of the uninterrupted run (<= 1e-6); checkpoints hold only the heads."""
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    run_dir = tmp_path / "run"
+    common = [*DEMO, "trainer=fsdp_frozen", f"hydra.run.dir={run_dir}", "trainer.max_steps=4",
+              "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3"]
+    script("train_align.py", *common, launcher=torchrun)
+    straight = {m: final_weights(run_dir, m) for m in ("alignment", "alignment_clip")}
+    shutil.rmtree(run_dir / "checkpoints/checkpoint-4")
+    shutil.rmtree(run_dir / "final")
+    script("train_align.py", *common, "trainer.resume=latest", launcher=torchrun)
+    for module, weights in straight.items():
+        resumed = final_weights(run_dir, module)
+        assert max((weights[k] - resumed[k]).abs().max().item() for k in weights) <= 1e-6, module
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # each step logged once

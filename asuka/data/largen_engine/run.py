@@ -19,6 +19,7 @@ from asuka.data.largen_engine.writer import ShardCollector
 from asuka.data.latent_cache import pending_shards
 from asuka.data.quadruplets import QuadrupletStore
 from asuka.utils.errors import AsukaError, ConfigError, DataError
+from asuka.utils.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
 FORMAT = "asuka-quadruplets-v1"
@@ -82,7 +83,7 @@ def mine_shards(store: QuadrupletStore, files: list[Path], root: Path, stages: S
     collector = ShardCollector(store, len(files), int(cfg["shard_size"]))
     loader = torch.utils.data.DataLoader(
         _Scenes(files, int(cfg["max_side"])), batch_sampler=list(_shard_batches(collector, shards, cfg["batch_size"])),
-        num_workers=int(cfg["num_workers"]), collate_fn=_as_list)
+        num_workers=resolve_num_workers(cfg["num_workers"]), collate_fn=_as_list)
     warned = False
     bar = tqdm(total=sum(len(collector.shard_items(s)) for s in shards), disable=not show_progress,
                desc="mining images", unit="img")
