@@ -36,7 +36,7 @@ def _allowed_globals() -> list:
     and arrays (optimizer / scheduler state), and :data:`DISCARDED_GLOBALS` as :class:`DiscardedObject`."""
     import numpy as np
 
-    core = np._core.multiarray
+    core = (np._core if hasattr(np, "_core") else np.core).multiarray  # numpy 2 renamed np.core to np._core
     allowed: list = [argparse.Namespace, np.ndarray, np.dtype, core.scalar, core._reconstruct,
                      (core.scalar, "numpy.core.multiarray.scalar"),  # numpy < 2 pickles these names
                      (core._reconstruct, "numpy.core.multiarray._reconstruct")]
