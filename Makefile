@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q
+	# one process per core (at most 4: several tests start 2-process runs of their own); each uses one thread
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n auto --maxprocesses 4
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled bash scripts/demo.sh
