@@ -22,7 +22,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from asuka.utils.errors import ConfigError
+from asuka.utils.weights import transformers_folder
 
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP preprocess
@@ -50,11 +50,7 @@ def hole_pair(pred: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> tuple[torch
 
 def clip_weights_folder(folder: str | os.PathLike | None) -> Path:
     """The local CLIP folder of ``paths.clip``; ConfigError before any work when it is missing."""
-    path = Path(os.path.expanduser(str(folder))) if folder not in (None, "", "null") else None
-    if path is None or not (path / "config.json").is_file():
-        raise ConfigError("paths.clip", f"{path}: the CLIP metric needs a local transformers folder of "
-                                        "openai/clip-vit-large-patch14 (config.json + weights)")
-    return path
+    return transformers_folder(folder, "paths.clip", "CLIP", "openai/clip-vit-large-patch14")
 
 
 def build_clip(weights: str, folder: str | os.PathLike | None, device: str | torch.device = "cpu",

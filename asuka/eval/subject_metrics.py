@@ -17,7 +17,7 @@ import torch
 
 from asuka.eval.clip_score import clip_preprocess, clip_weights_folder
 from asuka.models.largen.crop import mask_box
-from asuka.utils.errors import ConfigError
+from asuka.utils.weights import transformers_folder
 
 DINO_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,11 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dino_weights_folder(folder: str | os.PathLike | None) -> Path:
-    path = Path(os.path.expanduser(str(folder))) if folder not in (None, "", "null") else None
-    if path is None or not (path / "config.json").is_file():
-        raise ConfigError("paths.dino", f"{path}: the DINO metric needs a local transformers folder of "
-                                        "facebook/dino-vits16 (config.json + weights)")
-    return path
+    """The local DINO folder of ``paths.dino``; ConfigError before any work when it is missing."""
+    return transformers_folder(folder, "paths.dino", "DINO", "facebook/dino-vits16")
 
 
 def generated_region(image: np.ndarray, hole: np.ndarray) -> np.ndarray:

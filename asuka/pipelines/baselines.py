@@ -16,7 +16,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from asuka.models.sd import SDComponents, cfg_get, build_inference_scheduler, load_sd_inpaint, resolve_dtype
-from asuka.pipelines.pipeline_asuka_inpaint import ImageInput, all_empty, finish, preprocess_inpaint_inputs
+from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, empty_masks_output, finish,
+                                                   preprocess_inpaint_inputs)
 from asuka.utils.errors import AsukaError
 
 DEFAULT_GUIDANCE = 7.5  # our choice: diffusers' default for SD-1.5 inpainting (the paper does not give it)
@@ -110,8 +111,7 @@ class SDInpaintBaseline:
         if output_type == "latent":
             raise AsukaError("the SD baselines do not return latents")
         if bool(all_empty(mask).all()):
-            images = pipe.image_processor.postprocess(init_image, output_type=output_type)
-            return ImagePipelineOutput(images=images) if return_dict else (images,)
+            return empty_masks_output(pipe, init_image, output_type, return_dict)
         batch = init_image.shape[0]
         if self.prompt == "":
             guidance_scale = 1.0

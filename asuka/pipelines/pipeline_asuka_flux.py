@@ -25,8 +25,8 @@ from asuka.models.backbones.flux import FluxConditions
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.sd import vae_scale_factor
-from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, decode_latents, finish,
-                                                   preprocess_inpaint_inputs)
+from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, decode_latents, empty_masks_output,
+                                                   preprocess_inpaint_inputs, sampled_output)
 from asuka.utils.errors import AsukaError
 
 CONDITION_WEIGHT = 0.5      # official --condition_weight default
@@ -155,10 +155,7 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
         init_image, mask = self.preprocess(image, mask_image, height, width)
         b, device, dtype = init_image.shape[0], self._execution_device, self.transformer.dtype
         if bool(all_empty(mask).all()):
-            if output_type == "latent":
-                raise AsukaError("output_type='latent' with an all-zero mask: nothing to sample")
-            images = self.image_processor.postprocess(init_image, output_type=output_type)
-            return ImagePipelineOutput(images=images) if return_dict else (images,)
+            return empty_masks_output(self, init_image, output_type, return_dict)
 
         if prompt_embeds is None or pooled_prompt_embeds is None:
             txt, vec = self.encode_conditions(init_image, mask, condition_weight)
@@ -189,10 +186,4 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
                     latents = (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents", latents)
                 bar.update()
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return ImagePipelineOutput(images=latents) if return_dict else (latents,)
-        result = finish(self._decode(latents, init_image.to(device), mask.to(device)), init_image, mask, paste_back)
-        images = self.image_processor.postprocess(result, output_type=output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return sampled_output(self, latents, init_image, mask, paste_back, output_type, return_dict)

@@ -152,6 +152,27 @@ def finish(result: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor, p
     return result
 
 
+def empty_masks_output(pipe: DiffusionPipeline, init_image: torch.Tensor, output_type: str,
+                       return_dict: bool) -> ImagePipelineOutput | tuple:
+    """Every mask of the batch is empty: nothing to sample, the inputs are the result."""
+    if output_type == "latent":
+        raise AsukaError("output_type='latent' with an all-zero mask: nothing to sample")
+    images = pipe.image_processor.postprocess(init_image, output_type=output_type)
+    return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def sampled_output(pipe: DiffusionPipeline, latents: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor,
+                   paste_back: bool, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+    """The end of a sampling call: the latents themselves (``output_type='latent'``), or decoded by the pipeline's
+    ``_decode``, finished (paste-back, empty masks) and post-processed."""
+    if output_type != "latent":
+        device = latents.device
+        result = finish(pipe._decode(latents, init_image.to(device), mask.to(device)), init_image, mask, paste_back)
+        latents = pipe.image_processor.postprocess(result, output_type=output_type)
+    pipe.maybe_free_model_hooks()
+    return ImagePipelineOutput(images=latents) if return_dict else (latents,)
+
+
 def decode_latents(decoder: Any, vae: Any, z: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Raw VAE latents ``z`` -> pixels in [-1, 1] (float32): the ASUKA mask-conditioned decoder (given the image
     and the mask, 1 = hole) when there is one, else the VAE's own decoder. Shared by every pipeline."""
@@ -287,13 +308,8 @@ class AsukaInpaintPipeline(DiffusionPipeline):
         init_image, mask = self.preprocess(image, mask_image, height, width)
         batch_size = init_image.shape[0]
         device = self._execution_device
-        empty = all_empty(mask)
-
-        if bool(empty.all()):
-            if output_type == "latent":
-                raise AsukaError("output_type='latent' with an all-zero mask: nothing to sample")
-            images = self.image_processor.postprocess(init_image, output_type=output_type)
-            return ImagePipelineOutput(images=images) if return_dict else (images,)
+        if bool(all_empty(mask).all()):
+            return empty_masks_output(self, init_image, output_type, return_dict)
 
         do_cfg = guidance_scale > 1.0
         dtype = self.unet.dtype
@@ -347,11 +363,4 @@ class AsukaInpaintPipeline(DiffusionPipeline):
                     latents = (out or {}).get("latents", latents)
                 progress_bar.update()
 
-        if output_type == "latent":
-            self.maybe_free_model_hooks()
-            return ImagePipelineOutput(images=latents) if return_dict else (latents,)
-
-        result = finish(self._decode(latents, init_image.to(device), mask.to(device)), init_image, mask, paste_back)
-        images = self.image_processor.postprocess(result, output_type=output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return sampled_output(self, latents, init_image, mask, paste_back, output_type, return_dict)

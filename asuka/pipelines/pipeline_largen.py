@@ -8,7 +8,7 @@ An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import PIL.Image

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from asuka.utils.errors import AsukaError
+from asuka.utils.errors import AsukaError, ConfigError
 
 
 def hub_checkpoint_dir() -> Path:
@@ -43,4 +43,14 @@ def resolve_weights_file(
     if not path.is_file():
         raise AsukaError(f"{what} weights not found: put {standard_name} (from {url}) into {path.parent}/ or set "
                          f"{config_key}=/path/to/file; nothing is downloaded{hint}")
+    return path
+
+
+def transformers_folder(folder: str | os.PathLike | None, config_key: str, what: str, hub_id: str) -> Path:
+    """The local transformers folder of ``config_key`` (``config.json`` + weights) for the ``what`` metric;
+    ConfigError naming the key before any work when it is missing. Nothing is downloaded."""
+    path = Path(os.path.expanduser(str(folder))) if folder not in (None, "", "null") else None
+    if path is None or not (path / "config.json").is_file():
+        raise ConfigError(config_key, f"{path}: the {what} metric needs a local transformers folder of {hub_id} "
+                                      "(config.json + weights)")
     return path
