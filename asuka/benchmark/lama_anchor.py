@@ -4,45 +4,14 @@ of our paper mix can be read against it in the same run.
 
 It is not part of the data pipeline and not a port of LaMa's file: it follows the published algorithm
 (``abl-04-256-mh-dist``: strokes or 1-4 boxes, 50/50) with the sizes scaled by ``size / 256`` as our
-``LamaIrregular`` does. Strokes are drawn with OpenCV when ``cv2`` is importable (LaMa's own drawing library; not a
-dependency of this package), else with PIL; the report names which. PIL cannot draw into a float32 array's memory
-(it would draw into a copy), so the PIL path draws into a uint8 canvas it shares and converts it to LaMa's float32
-at the end.
+``LamaIrregular`` does, drawing its strokes with OpenCV's ``cv2.line`` into a float32 canvas as LaMa does.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
-
-try:  # optional: the anchor is closest to LaMa with OpenCV's line drawing
-    import cv2
-except ImportError:  # pragma: no cover - depends on the machine
-    cv2 = None
-
-DRAWER = "cv2" if cv2 is not None else "PIL"
-
-
-def _drawer(mask: np.ndarray):  # noqa: ANN202
-    """None with cv2; else a PIL drawer writing into the uint8 canvas's memory."""
-    if cv2 is not None:
-        return None
-    from PIL import Image, ImageDraw
-
-    img = Image.frombuffer("L", mask.shape[::-1], mask, "raw", "L", 0, 1)  # shares the canvas's memory
-    img.readonly = 0  # else ImageDraw would draw into a copy
-    return ImageDraw.Draw(img)
-
-
-def _line(mask: np.ndarray, draw, start: tuple[int, int], end: tuple[int, int], width: int) -> None:  # noqa: ANN001
-    """A thick segment with round ends in value 1 on the canvas."""
-    if draw is None:
-        cv2.line(mask, start, end, 1.0, width)
-        return
-    draw.line([start, end], fill=1, width=width)
-    r = width / 2.0
-    for x, y in (start, end):
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=1)
 
 
 class LamaStyleAnchor:
@@ -55,7 +24,7 @@ class LamaStyleAnchor:
         self.margin, self.box_min, self.box_max = int(10 * s), int(30 * s), int(150 * s)
 
     def _irregular(self, rng: np.random.Generator, mask: np.ndarray) -> None:
-        n, draw = self.size, _drawer(mask)
+        n = self.size
         for i in range(int(rng.integers(1, 6))):
             x, y = int(rng.integers(n)), int(rng.integers(n))
             for _ in range(1 + int(rng.integers(5))):
@@ -66,7 +35,7 @@ class LamaStyleAnchor:
                 width = 5 + int(rng.integers(self.max_width))
                 ex = int(np.clip(x + length * math.sin(angle), 0, n))
                 ey = int(np.clip(y + length * math.cos(angle), 0, n))
-                _line(mask, draw, (x, y), (ex, ey), width)
+                cv2.line(mask, (x, y), (ex, ey), 1.0, width)
                 x, y = ex, ey
 
     def _boxes(self, rng: np.random.Generator, mask: np.ndarray) -> None:
@@ -78,6 +47,6 @@ class LamaStyleAnchor:
             mask[y:y + bh, x:x + bw] = 1
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        mask = np.zeros((self.size, self.size), np.float32 if cv2 is not None else np.uint8)
+        mask = np.zeros((self.size, self.size), np.float32)
         (self._irregular if rng.random() < 0.5 else self._boxes)(rng, mask)
-        return mask.astype(np.float32, copy=False)[None]
+        return mask[None]

@@ -71,6 +71,15 @@ def test_bad_image_is_skipped_and_reported(items):
         ds[(0, 0)]
 
 
+def test_sample_rng_is_numpys_stream_for_the_triple():
+    """The uint32 fast path gives numpy's stream for the list of ints, small and over 32 bits alike."""
+    for triple in ((0, 0, 0), (7, 3, 123_456), (2**32 - 1, 1, 2), (2**40, 0, 5)):
+        expected = np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(triple))))
+        assert np.array_equal(sample_rng(*triple).integers(0, 2**63, 8), expected.integers(0, 2**63, 8)), triple
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        sample_rng(0, 0, -1)
+
+
 def test_random_resized_crop_box_stays_inside():
     rng = sample_rng(0, 0, 0)
     for w, h in ((64, 64), (300, 40), (40, 300), (5, 7)):

@@ -194,7 +194,8 @@ def _plain(cfg):
 
 
 # Hole-ratio mean and standard deviation per part at 128 px under generator version 2, from 4,000 seeded draws each
-# (sample_rng(11, 0, i), synthetic object shapes). Version 3 changed how the masks are drawn, not what is drawn.
+# (sample_rng(11, 0, i), synthetic object shapes). Versions 3 and 4 changed how the masks are drawn, not what is
+# drawn.
 V2_HOLE_STATS = {"comod": (0.5574, 0.1903), "lama": (0.3306, 0.1851), "objects": (0.1557, 0.1028),
                  "mix": (0.3645, 0.2096)}
 
@@ -220,3 +221,74 @@ def test_hole_ratio_distribution_matches_version_2():
                 first, second = np.split(stack, 2, axis=axis)
                 diff = first.mean(axis=(1, 2)) - second.mean(axis=(1, 2))
                 assert abs(diff.mean()) <= 4 * diff.std() / np.sqrt(n), (axis, diff.mean())
+
+
+def _distance_to_polyline(points: np.ndarray, size: int) -> np.ndarray:
+    """Distance of every pixel centre to the polyline through ``points`` (x, y)."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    best = np.full((size, size), np.inf)
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+        best = np.minimum(best, np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy)))
+    return best
+
+
+def test_thick_polyline_is_segments_with_round_joins():
+    """Every pixel within width/2 - 1 of the polyline is inked, none beyond (width + 1)/2 + 1 (round caps and joins,
+    the shape Co-Mod draws as line + one disc per vertex; OpenCV rounds an odd width's radius up)."""
+    from asuka.data.masks.strokes import canvas, thick_polyline
+
+    points = np.array([[10, 50], [40, 12], [60, 70], [90, 30]], dtype=np.int32)
+    for width in (3, 12, 25):
+        arr = canvas(100, 100)
+        thick_polyline(arr, points, width)
+        dist = _distance_to_polyline(points.astype(np.float64), 100)
+        assert arr.max() == 1
+        assert arr[dist <= width / 2 - 1].all(), width
+        assert not arr[dist > (width + 1) / 2 + 1].any(), width
+
+
+def test_fill_polygon_matches_point_in_polygon():
+    """Pixels more than a pixel inside the scaled, offset polygon are inked, more than a pixel outside are not
+    (even-odd ray casting as the independent reference)."""
+    from asuka.data.masks.strokes import canvas, fill_polygon
+
+    unit = np.array([[0.0, 0.2], [0.7, 0.0], [1.0, 0.9], [0.3, 1.0], [0.45, 0.5]])
+    scale, offset = (-50.0, 40.0), (70.0, 15.0)  # a mirrored x axis, as a flipped object is placed
+    arr = canvas(80, 80)
+    fill_polygon(arr, unit, scale, offset)
+    poly = unit * scale + offset
+    ys, xs = np.mgrid[0:80, 0:80].astype(np.float64)
+    inside = np.zeros((80, 80), dtype=bool)
+    for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, axis=0)):
+        crosses = (y0 > ys) != (y1 > ys)
+        inside ^= crosses & (xs < x0 + (ys - y0) * (x1 - x0) / np.where(y1 != y0, y1 - y0, 1))
+    edge = _distance_to_polyline(np.vstack([poly, poly[:1]]), 80) <= 1.0
+    assert inside.sum() > 500
+    assert arr[inside & ~edge].all() and not arr[~inside & ~edge].any()
+
+
+def test_bitmap_object_is_placed_nearest_and_mirrored():
+    """A silhouette bitmap shrunk or enlarged up to 2x samples the nearest source pixel centre (the numpy formula
+    below), is mirrored left-right by ``flip`` and OR-ed into the mask at its box; enlarged more than 2x it is
+    interpolated, so its edges move by at most a source pixel."""
+    from asuka.data.masks import ObjectShape
+    from asuka.data.masks.strokes import canvas
+
+    src = np.random.default_rng(0).random((13, 17)) < 0.5
+    shape = ObjectShape(0.5, 0.5, mask=src)
+    for (h, w), flip in (((20, 25), False), ((20, 25), True), ((9, 11), True)):
+        mask = canvas(40, 40).view(bool)
+        mask[0, 0] = True  # outside the box: kept
+        shape.paint(mask, 5, 7, h, w, flip)
+        rows = np.floor((np.arange(h) + 0.5) * 13 / h).astype(int)
+        cols = np.floor((np.arange(w) + 0.5) * 17 / w).astype(int)
+        expected = src[rows][:, cols]
+        assert np.array_equal(mask[5:5 + h, 7:7 + w], expected[:, ::-1] if flip else expected), (h, w, flip)
+        assert mask[0, 0] and mask.sum() == expected.sum() + 1
+    big = canvas(80, 80).view(bool)
+    shape.paint(big, 0, 0, 65, 70, False)  # 4550 > 4 x 221 source pixels: bilinear, rounded
+    rows = np.floor((np.arange(65) + 0.5) * 13 / 65).astype(int)
+    cols = np.floor((np.arange(70) + 0.5) * 17 / 70).astype(int)
+    assert (big[:65, :70] != src[rows][:, cols]).mean() < 0.25 and not big[65:].any() and not big[:, 70:].any()

@@ -2,13 +2,21 @@
 (Co-Mod-GAN or LaMa style) and rectangle / complement-rectangle masks, with the hole ratio kept in a range."""
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from asuka.data.masks.objects import ObjectMaskGenerator, ObjectShapeSource, build_object_source
-from asuka.data.masks.strokes import CoModIrregular, ComplementRectangleMask, LamaIrregular, RectangleMask
+from asuka.data.masks.strokes import (
+    CoModIrregular,
+    ComplementRectangleMask,
+    LamaIrregular,
+    RectangleMask,
+    canvas,
+    count_holes,
+)
 from asuka.utils.errors import ConfigError
 
 KINDS = ("object", "object+irregular", "irregular", "rectangle", "complement_rectangle")
@@ -17,7 +25,9 @@ DEFAULT_PROBS = {"object": 0.5, "irregular": 0.4, "regular": 0.1}
 # 2: Co-Mod strokes draw their random numbers per mask, flips are views, all drawing in ink 1 on a shared canvas.
 # 3: every part draws its random numbers in array calls and through PIL's C drawer; Co-Mod flips mirror the
 #    coordinates; object outlines are rasterised straight into the mask (flip = mirrored outline).
-GENERATOR_VERSION = 3
+# 4: drawing through OpenCV (thick polylines with round joins, filled polygons, boxes by slicing); the irregular
+#    part of object+irregular is drawn onto the objects' canvas; object placement numbers from one array draw.
+GENERATOR_VERSION = 4
 
 
 def _component(cls: Callable[..., Any], key: str, kwargs: Mapping[str, Any] | None, **fixed: Any) -> Any:
@@ -93,7 +103,7 @@ class MixedMaskGenerator:
         u, c = float(object_union_prob), float(complement_prob)
         weights = [p["object"] * (1 - u), p["object"] * u, p["irregular"], p["regular"] * (1 - c), p["regular"] * c]
         self.kind_probs = {k: w / sum(weights) for k, w in zip(KINDS, weights)}
-        self._cum = np.cumsum([self.kind_probs[k] for k in KINDS])
+        self._cum = np.cumsum([self.kind_probs[k] for k in KINDS]).tolist()
 
         self._comod = _component(CoModIrregular, "mask.comod", comod, hole_range=(lo, hi))
         self._lama = _component(LamaIrregular, "mask.lama", lama)
@@ -107,31 +117,34 @@ class MixedMaskGenerator:
                                        hole_range=(lo, hi))
         self.clipped = 0
 
-    def _irregular(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        gen = self._comod if rng.random() < self.irregular_comod_prob else self._lama
-        return gen(rng, height, width)
+    def _irregular(self, rng: np.random.Generator, arr: np.ndarray) -> None:
+        """Ink a Co-Mod or LaMa mask into the uint8 canvas ``arr``."""
+        (self._comod if rng.random() < self.irregular_comod_prob else self._lama).draw(arr, rng)
 
     def _draw(self, kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         if kind == "object":
             return self._objects(rng, height, width)
-        if kind == "object+irregular":  # both are fresh arrays: the union goes into the first
+        if kind == "object+irregular":  # the union: the irregular mask is drawn onto the objects' canvas
             mask = self._objects(rng, height, width)
-            return np.bitwise_or(mask, self._irregular(rng, height, width), out=mask)
+            self._irregular(rng, mask.view(np.uint8))
+            return mask
         if kind == "irregular":
-            return self._irregular(rng, height, width)
+            arr = canvas(height, width)
+            self._irregular(rng, arr)
+            return arr.view(bool)
         if kind == "rectangle":
             return self._rectangle(rng, height, width)
         return self._complement(rng, height, width)
 
     def __call__(self, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, str]:
-        kind = KINDS[min(int(np.searchsorted(self._cum, rng.random(), side="right")), len(KINDS) - 1)]
+        kind = KINDS[min(bisect.bisect_right(self._cum, rng.random()), len(KINDS) - 1)]
         while self.kind_probs[kind] == 0.0:  # float round-off at the top of the cumulative sum
             kind = KINDS[KINDS.index(kind) - 1]
         lo, hi = self.hole_range
         total = height * width
         for _ in range(self.max_tries):
             mask = self._draw(kind, rng, height, width)
-            if lo <= np.count_nonzero(mask) / total <= hi:
+            if lo <= count_holes(mask) / total <= hi:
                 break
         else:
             self.clipped += 1

@@ -10,13 +10,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from asuka.data.images import list_images, load_mask
-from asuka.data.masks.strokes import INK, canvas
+from asuka.data.masks.strokes import canvas, count_holes, fill_polygon
 from asuka.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -33,29 +33,28 @@ class ObjectShape:
     mask: np.ndarray | None = None
     outline: np.ndarray | None = None
 
-    def paint(self, mask: np.ndarray, draw: Any, top: int, left: int, height: int, width: int, flip: bool) -> None:
+    def paint(self, mask: np.ndarray, top: int, left: int, height: int, width: int, flip: bool) -> None:
         """Union the silhouette, sized ``height`` x ``width`` and mirrored left-right when ``flip``, into ``mask``
-        at (``top``, ``left``). ``mask`` is a ``canvas`` viewed as bool and ``draw`` its drawer: an outline is
-        rasterised straight into it, a bitmap is resized and OR-ed into the box."""
+        (a ``canvas`` viewed as bool) at (``top``, ``left``): an outline is filled straight into it, a bitmap is
+        resized and OR-ed into the box."""
         if self.outline is not None:
-            pts = self.outline * np.array([width - 1, height - 1], dtype=np.float64)
-            if flip:
-                pts[:, 0] = (width - 1) - pts[:, 0]
-            pts += (left, top)
-            draw.draw_polygon(pts.ravel().tolist(), INK, 1)
+            w1, h1 = width - 1, height - 1  # a flip mirrors x in the box: left + w1 * x -> left + w1 - w1 * x
+            fill_polygon(mask.view(np.uint8), self.outline, (-w1 if flip else w1, h1), (left + w1 * flip, top))
             return
-        obj = self._resized(height, width)
+        obj = self._resized(height, width, flip)
         region = mask[top:top + height, left:left + width]
-        np.bitwise_or(region, obj[:, ::-1] if flip else obj, out=region)
+        np.bitwise_or(region, obj, out=region)
 
-    def _resized(self, height: int, width: int) -> np.ndarray:
-        """The bitmap as a bool array of exactly ``height`` x ``width``."""
-        if self.mask.shape == (height, width):
-            return self.mask
-        img = Image.fromarray(self.mask.astype(np.uint8) * 255, mode="L")
-        if height * width > 4 * self.mask.size:  # enlarged more than 2x: bilinear + threshold keeps edges smooth
-            return np.asarray(img.resize((width, height), Image.BILINEAR)) >= 128
-        return np.asarray(img.resize((width, height), Image.NEAREST)) > 0
+    def _resized(self, height: int, width: int, flip: bool) -> np.ndarray:
+        """The bitmap as a bool array of exactly ``height`` x ``width``, mirrored left-right when ``flip``. Enlarged
+        more than 2x it is interpolated bilinearly and rounded (smooth edges), else sampled at the nearest pixel
+        centre (OpenCV: 3x faster than PIL with its uint8 conversions)."""
+        src = self.mask.view(np.uint8)  # 0 / 1
+        if src.shape != (height, width):
+            enlarge = height * width > 4 * src.size
+            src = cv2.resize(src, (width, height), interpolation=cv2.INTER_LINEAR if enlarge
+                             else cv2.INTER_NEAREST_EXACT)
+        return (cv2.flip(src, 1) if flip else src).view(bool)
 
 
 class ObjectShapeSource(Protocol):
@@ -186,10 +185,10 @@ class SyntheticObjectShapes:
         self.size_range = (float(size_range[0]), float(size_range[1]))
         self.blob_prob = float(blob_prob)
 
-    def _outline(self, rng: np.random.Generator) -> np.ndarray:
+    def _outline(self, rng: np.random.Generator, blob: bool) -> np.ndarray:
         """Unit-radius outline points: a radial Fourier blob (amplitudes U(0, 0.3) / h, phases U(0, 2 pi)) or a
         star polygon with 3-8 vertices at sorted U(0, 2 pi) angles and U(0.45, 1) radii."""
-        if rng.random() < self.blob_prob:
+        if blob:
             u = rng.random(8).tolist()
             amp = [0.3 * u[h] / (h + 1) for h in range(4)]
             phase = [2 * math.pi * v for v in u[4:]]
@@ -202,10 +201,11 @@ class SyntheticObjectShapes:
         return np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
 
     def sample(self, rng: np.random.Generator) -> ObjectShape:
-        pts = self._outline(rng)
-        low = pts.min(0)
-        pts = (pts - low) / np.maximum(pts.max(0) - low, 1e-6)
-        u_size, u_aspect = rng.random(2).tolist()
+        u_blob, u_size, u_aspect = rng.random(3).tolist()
+        pts = self._outline(rng, u_blob < self.blob_prob)
+        low, high = pts.min(0), pts.max(0)
+        pts -= low
+        pts /= np.maximum(high - low, 1e-6)
         size = self.size_range[0] + (self.size_range[1] - self.size_range[0]) * u_size
         aspect = 2.0 ** (2 * u_aspect - 1)  # width / height, log-uniform in [1/2, 2]
         rel_h, rel_w = min(size / math.sqrt(aspect), 1.0), min(size * math.sqrt(aspect), 1.0)
@@ -225,26 +225,25 @@ class ObjectMaskGenerator:
         self.flip_prob, self.max_objects = float(flip_prob), int(max_objects)
 
     def __call__(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        arr, draw = canvas(height, width)
-        mask = arr.view(bool)
+        mask = canvas(height, width).view(bool)
         count = 0
         lo, hi = self.hole_range[0] * height * width, self.hole_range[1] * height * width
         for _ in range(self.max_objects):
             # one silhouette at its random scale (shrunk uniformly if larger than the image), maybe flipped, at a
             # random top-left corner that keeps it inside the image
             shape = self.source.sample(rng)
-            scale = rng.uniform(*self.scale_range)
+            u_scale, u_flip, u_top, u_left = rng.random(4).tolist()  # integers as floor(u * range)
+            scale = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * u_scale
             th, tw = shape.rel_height * scale * height, shape.rel_width * scale * width
             fit = min(1.0, height / th, width / tw)
             th, tw = max(1, int(round(th * fit))), max(1, int(round(tw * fit)))
-            flip = rng.random() < self.flip_prob
-            top, left = int(rng.integers(0, height - th + 1)), int(rng.integers(0, width - tw + 1))
+            top, left = int(u_top * (height - th + 1)), int(u_left * (width - tw + 1))
             region = mask[top:top + th, left:left + tw]
-            before = int(np.count_nonzero(region)) if count else 0
+            before = count_holes(region) if count else 0
             # a copy to undo the object only when it could push the count past hi
             undo = region.copy() if count - before + th * tw > hi else None
-            shape.paint(mask, draw, top, left, th, tw, flip)
-            added = int(np.count_nonzero(region)) - before
+            shape.paint(mask, top, left, th, tw, u_flip < self.flip_prob)
+            added = count_holes(region) - before
             if count + added > hi:
                 region[...] = undo
                 continue
