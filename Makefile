@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	# one process per core (at most 4: several tests start 2-process runs of their own); each uses one thread
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n auto --maxprocesses 4
+	# one process per core (at most 4: several tests start 2-process runs of their own); each uses one thread;
+	# an idle worker takes queued tests from a busy one (worksteal), so the long script tests do not end the run alone
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled bash scripts/demo.sh

@@ -73,10 +73,13 @@ def build_clip(weights: str, folder: str | os.PathLike | None, device: str | tor
 
 
 @torch.no_grad()
+def cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Row-wise cosine similarity ``[B]`` of two embedding batches ``[B, D]``, in float32."""
+    a, b = a.float(), b.float()
+    return ((a / a.norm(dim=-1, keepdim=True)) * (b / b.norm(dim=-1, keepdim=True))).sum(dim=-1).cpu().numpy()
+
+
 def clip_similarity(model: torch.nn.Module, pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     """Cosine similarity ``[B]`` of the CLIP embeddings of two preprocessed batches ``[B, 3, 224, 224]``."""
     device = next(model.parameters()).device
-    emb = model(pixel_values=torch.cat([pred, gt]).to(device)).image_embeds.float()
-    emb = emb / emb.norm(dim=-1, keepdim=True)
-    a, b = emb.chunk(2)
-    return (a * b).sum(dim=-1).cpu().numpy()
+    return cosine(*model(pixel_values=torch.cat([pred, gt]).to(device)).image_embeds.chunk(2))

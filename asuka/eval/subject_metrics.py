@@ -15,7 +15,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from asuka.eval.clip_score import clip_preprocess, clip_weights_folder
+from asuka.eval.clip_score import clip_preprocess, clip_weights_folder, cosine
 from asuka.models.largen.crop import mask_box
 from asuka.utils.weights import transformers_folder
 
@@ -36,11 +36,6 @@ def generated_region(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
         return image
     x0, y0, x1, y1 = box
     return image[y0:y1, x0:x1]
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    a, b = a.float(), b.float()
-    return ((a / a.norm(dim=-1, keepdim=True)) * (b / b.norm(dim=-1, keepdim=True))).sum(-1).cpu().numpy()
 
 
 class SubjectScorer:
@@ -96,9 +91,9 @@ class SubjectScorer:
         cls = self.dino(pixel_values=dino_in).last_hidden_state[:, 0]
         text_embeds = self.clip.get_text_features(input_ids=self._text_ids(prompts).to(self.device))
         text_embeds = getattr(text_embeds, "pooler_output", text_embeds)
-        clip_t = _cosine(image_embeds[:n], text_embeds)
+        clip_t = cosine(image_embeds[:n], text_embeds)
         clip_t[[p == "" for p in prompts]] = np.nan
-        return {"clip_i": _cosine(image_embeds[:n], image_embeds[n:]), "dino": _cosine(cls[:n], cls[n:]),
+        return {"clip_i": cosine(image_embeds[:n], image_embeds[n:]), "dino": cosine(cls[:n], cls[n:]),
                 "clip_t": clip_t}
 
 

@@ -59,40 +59,37 @@ def test_demo_stages_then_the_pipeline(tmp_path):
     assert result.shape == (1, 32, 48, 3) and np.isfinite(result).all()
 
 
-def test_torchrun_with_the_frozen_transformer_sharded(tmp_path):
-    """2 processes (gloo): the sharded run logs the same losses and trains the same heads as the unsharded one."""
+def test_sharded_stage_two_matches_unsharded_and_resumes_exactly(tmp_path):
+    """2 processes (gloo): the run with the frozen transformer sharded logs the same losses and trains the same heads
+    as the unsharded one, and its checkpoints hold only the heads; after losing everything past its step-2
+    checkpoint (as a kill would) it resumes to the heads of the uninterrupted run (<= 1e-6), each step logged once."""
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    common = [*DEMO, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3"]
     runs = {}
     for name, extra in (("plain", []), ("sharded", ["trainer=fsdp_frozen"])):
         run_dir = tmp_path / name
-        script("train_align.py", *DEMO, *extra, f"hydra.run.dir={run_dir}", "trainer.max_steps=2", launcher=torchrun)
+        script("train_align.py", *common, *extra, f"hydra.run.dir={run_dir}", launcher=torchrun)
         runs[name] = run_dir
         info = json.loads((run_dir / "run_info.json").read_text())
         assert info["world_size"] == 2 and info["sharded_frozen"] == (["denoiser"] if extra else [])
     losses = {n: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
               for n, d in runs.items()}
+    assert len(losses["plain"]) == 4
     np.testing.assert_allclose(losses["sharded"], losses["plain"], rtol=1e-5, atol=1e-6)
-    for module in ("alignment", "alignment_clip"):
-        a, b = final_weights(runs["plain"], module), final_weights(runs["sharded"], module)
-        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
-    ckpt = runs["sharded"] / "checkpoints/checkpoint-2"
+    sharded = runs["sharded"]
+    straight = {m: final_weights(sharded, m) for m in ("alignment", "alignment_clip")}
+    for module, weights in straight.items():
+        plain = final_weights(runs["plain"], module)
+        assert max((plain[k] - weights[k]).abs().max().item() for k in plain) <= 1e-5, module
+    ckpt = sharded / "checkpoints/checkpoint-2"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["alignment", "alignment_clip"]
 
-
-def test_sharded_run_resumes_exactly(tmp_path):
-    """2 processes, frozen transformer sharded: a run that loses everything after its step-2 checkpoint (as a kill
-    would) and resumes ends with the heads of the uninterrupted run (<= 1e-6); checkpoints hold only the heads."""
-    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    run_dir = tmp_path / "run"
-    common = [*DEMO, "trainer=fsdp_frozen", f"hydra.run.dir={run_dir}", "trainer.max_steps=4",
-              "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3"]
-    script("train_align.py", *common, launcher=torchrun)
-    straight = {m: final_weights(run_dir, m) for m in ("alignment", "alignment_clip")}
-    shutil.rmtree(run_dir / "checkpoints/checkpoint-4")
-    shutil.rmtree(run_dir / "final")
-    script("train_align.py", *common, "trainer.resume=latest", launcher=torchrun)
+    shutil.rmtree(sharded / "checkpoints/checkpoint-4")
+    shutil.rmtree(sharded / "final")
+    script("train_align.py", *common, "trainer=fsdp_frozen", f"hydra.run.dir={sharded}", "trainer.resume=latest",
+           launcher=torchrun)
     for module, weights in straight.items():
-        resumed = final_weights(run_dir, module)
+        resumed = final_weights(sharded, module)
         assert max((weights[k] - resumed[k]).abs().max().item() for k in weights) <= 1e-6, module
-    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    steps = [json.loads(x)["step"] for x in (sharded / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == sorted(set(steps)) and steps[-1] == 4  # each step logged once
