@@ -2,13 +2,13 @@
 
 The dataset draws the crop box and the flip exactly as the CPU path does (``random_resized_crop_box`` and one
 ``rng.random()``, in the same order, before the mask), and ships the file bytes with them. On the device,
-:func:`decode_crops` decodes the JPEGs with ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA; other formats are
+:func:`decode_batch` decodes the JPEGs with ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA; other formats are
 decoded on the CPU), resizes the same box with PIL's own bicubic weights (as two matmuls) and flips. Pixels differ
 from the CPU path only by decoder differences and PIL's fixed-point round-off (one level of 255, here and there).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,23 +19,29 @@ IMAGE_WORK = ("cpu", "gpu")
 _JPEG_MAGIC = b"\xff\xd8"
 
 
-def _decode(encoded: list[torch.Tensor], device: torch.device, names: list[str]) -> list[torch.Tensor]:
-    """uint8 RGB ``[3, H, W]`` of each file's bytes: JPEGs in one batched call on ``device``, the rest on the CPU."""
+def _decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """uint8 RGB ``[3, H, W]`` of each file's bytes: JPEGs in one batched call on ``device``, the rest on the CPU. If
+    the batched call fails, each JPEG is decoded alone; a file that fails alone (its body is corrupt) is None."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    def alone(decode: Any, data: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return decode(data)
+        except RuntimeError:
+            return None
 
     out: list[torch.Tensor | None] = [None] * len(encoded)
     jpegs = [i for i, data in enumerate(encoded) if bytes(data[:2].tolist()) == _JPEG_MAGIC]
-    try:
-        if jpegs:
+    if jpegs:
+        try:
             decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            for i, img in zip(jpegs, decoded):
-                out[i] = img
-        for i, data in enumerate(encoded):
-            if out[i] is None:
-                out[i] = decode_image(data, mode=ImageReadMode.RGB).to(device)
-    except RuntimeError as exc:
-        raise DataError(f"{', '.join(names)}: cannot decode on {device} ({str(exc).splitlines()[0]})") from None
-    return out  # type: ignore[return-value]
+        except RuntimeError:
+            decoded = [alone(lambda d: decode_jpeg(d, mode=ImageReadMode.RGB, device=device), encoded[i]) for i in jpegs]
+        for i, img in zip(jpegs, decoded):
+            out[i] = img
+    for i in sorted(set(range(len(encoded))) - set(jpegs)):
+        out[i] = alone(lambda d: decode_image(d, mode=ImageReadMode.RGB).to(device), encoded[i])
+    return out
 
 
 def _bicubic(x: np.ndarray) -> np.ndarray:
@@ -63,14 +69,12 @@ def resample_weights(start: float, stop: float, in_size: int, out_size: int) -> 
     return weights / np.where(total == 0, 1.0, total)
 
 
-def decode_crops(encoded: list[torch.Tensor], crops: Sequence[Sequence[int]], resolution: int,
-                 device: torch.device | str, names: list[str] | None = None) -> torch.Tensor:
-    """``[B, 3, R, R]`` float32 in [-1, 1]: each image decoded, its ``(left, top, w, h, flip)`` box resized to
+def resize_crops(images: list[torch.Tensor], crops: Sequence[Sequence[int]], resolution: int,
+                 device: torch.device) -> torch.Tensor:
+    """``[B, 3, R, R]`` float32 in [-1, 1]: each decoded image's ``(left, top, w, h, flip)`` box resized to
     ``resolution`` as the CPU path's ``PIL.Image.resize(box=..., BICUBIC)`` does (horizontal pass, rounded to 8 bits,
     then vertical pass, rounded: two small matmuls), and flipped left-right where ``flip`` is 1. The crops stay a
     plain list (no tensor), so reading them never waits on the device."""
-    device = torch.device(device)
-    images = _decode(encoded, device, names or [f"image {i}" for i in range(len(encoded))])
     out = torch.empty((len(images), 3, resolution, resolution), dtype=torch.float32, device=device)
     for i, (img, (left, top, w, h, flip)) in enumerate(zip(images, crops)):
         height, width = img.shape[-2:]
@@ -88,9 +92,32 @@ def decode_crops(encoded: list[torch.Tensor], crops: Sequence[Sequence[int]], re
 
 def decode_batch(batch: dict) -> dict:
     """A collated ``image_work=gpu`` batch (``encoded``, ``crop``, ``file``) with its ``image`` made on the device of
-    its ``mask``, at the mask's resolution (the engine calls this after moving the batch)."""
+    its ``mask``, at the mask's resolution (the engine calls this after moving the batch). A file whose body does
+    not decode (its header was fine in the loader) is dropped from the batch with its sample and added to ``bad``,
+    as the CPU path skips an unreadable image; a batch of which no file decodes is a DataError naming them."""
     out = dict(batch)
-    files = out.pop("file")
-    mask = out["mask"]
-    out["image"] = decode_crops(out.pop("encoded"), out.pop("crop"), int(mask.shape[-1]), mask.device, files)
+    files, crops = out.pop("file"), out.pop("crop")
+    device = out["mask"].device
+    images = _decode(out.pop("encoded"), device)
+    keep = [i for i, img in enumerate(images) if img is not None]
+    if len(keep) < len(images):
+        if not keep:
+            raise DataError(f"{', '.join(files)}: no image of the batch decodes on {device}")
+        size = len(images)
+        out = {k: _rows(v, keep) if k != "bad" and _per_sample(v, size) else v for k, v in out.items()}
+        out["bad"] = [*(out.get("bad") or []), *(f for i, f in enumerate(files) if images[i] is None)]
+        images, crops = [images[i] for i in keep], [crops[i] for i in keep]
+    out["image"] = resize_crops(images, crops, int(out["mask"].shape[-1]), device)
     return out
+
+
+def _per_sample(value: Any, size: int) -> bool:
+    """A collated field with one entry per sample."""
+    return (torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size) or \
+        (isinstance(value, list) and len(value) == size)
+
+
+def _rows(value: torch.Tensor | list, keep: list[int]) -> torch.Tensor | list:
+    if torch.is_tensor(value):
+        return value[torch.tensor(keep, device=value.device)]
+    return [value[i] for i in keep]

@@ -268,8 +268,8 @@ class Trainer:
         finite, bad = torch.ones((), device=acc.device), []
         for micro in range(accum):
             batch = next(batches)
+            batch = self._to_device(batch)  # with image_work=gpu, files that fail to decode join "bad" here
             bad.extend(batch.pop("bad", None) or [])
-            batch = self._to_device(batch)
             with self._no_sync(micro == accum - 1), acc.autocast():
                 out = self.stage.training_step(batch, self.step)
                 loss = sum(out.losses.values())

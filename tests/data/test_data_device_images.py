@@ -1,5 +1,6 @@
 """dataset.image_work=gpu: the loader ships file bytes with the CPU path's crop box and flip; decode_batch makes the
-image on the device (here the CPU). Same crops, flips and masks as the CPU path; pixels within resampling round-off."""
+image on the device (here the CPU). Same crops, flips and masks as the CPU path; pixels within resampling round-off;
+a file whose body does not decode leaves the batch and is reported, as the CPU path skips unreadable images."""
 from __future__ import annotations
 
 import numpy as np
@@ -62,9 +63,18 @@ def test_unreadable_files(items):
     sample = gpu[(0, 1)]  # header unreadable: skipped and reported, as on the CPU path
     assert sample["bad"] == [str(items[1].image)]
     truncate(items[3].image)
-    batch = gpu.collate([gpu[(0, 3)]])  # header fine, body cut: fails at decode time, naming the file
-    with pytest.raises(DataError, match=str(items[3].image.name)):
-        decode_batch(batch)
+    # header fine, body cut: the loader ships it; at decode time it leaves the batch with its sample and is reported
+    keys = [(0, 0), (0, 3), (0, 2), (1, 1)]  # (1, 1): index 1 is skipped by the loader, index 2 stands in
+    samples = [gpu[k] for k in keys]
+    batch = decode_batch(gpu.collate(samples))
+    assert batch["bad"] == [str(items[1].image), str(items[3].image)]
+    assert batch["index"].tolist() == [0, 2, 1] and batch["image"].shape == (3, 3, RES, RES)
+    kept = [samples[i] for i in (0, 2, 3)]
+    assert torch.equal(batch["mask"], torch.stack([s["mask"] for s in kept]))
+    alone = decode_batch(gpu.collate(kept))  # the remaining samples decode as they would without the bad one
+    assert torch.equal(batch["image"], alone["image"])
+    with pytest.raises(DataError, match=str(items[3].image.name)):  # no file of the batch decodes
+        decode_batch(gpu.collate([gpu[(0, 3)]]))
 
 
 def test_config_key(tmp_path):

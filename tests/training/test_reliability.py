@@ -43,6 +43,24 @@ def test_unreadable_images_are_skipped_counted_and_logged(tmp_path, caplog):
     assert "skipped unreadable image" in caplog.text and "scene_00.png" in caplog.text
 
 
+def test_jpeg_bodies_that_fail_on_the_device_are_skipped_counted_and_logged(tmp_path, caplog):
+    """dataset.image_work=gpu: a JPEG cut in half passes the loader's header check and fails at decode time in the
+    engine; its sample leaves the batch, the run goes on, and the file is counted and logged as on the CPU path."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for src in sorted((REPO / "data/samples").glob("*.png")):
+        Image.open(src).convert("RGB").save(root / f"{src.stem}.jpg", quality=90)
+    data = (root / "scene_00.jpg").read_bytes()
+    (root / "scene_00.jpg").write_bytes(data[: len(data) // 2])
+    result = fit(mae_config(root, "trainer.max_steps=4", "dataset.image_work=gpu"), MaeStage, tmp_path / "run")
+    assert result["finished"]
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["bad_unique"] == 1 and records[-1]["bad_images"] >= 1
+    assert "skipped unreadable image" in caplog.text and "scene_00.jpg" in caplog.text
+
+
 def test_too_many_unreadable_images_stop_the_run(tmp_path):
     root = folder_with_broken_images(tmp_path, broken=3)
     with pytest.raises(AsukaError, match=r"of 8 images are unreadable.*max_bad_fraction=0.25.*scene_0"):
