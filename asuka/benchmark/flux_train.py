@@ -24,7 +24,7 @@ from asuka.utils.errors import ConfigError
 @contextlib.contextmanager
 def _random_flux_fill(env: Any) -> Iterator[None]:
     """The stage's FLUX.1-Fill and MAE loaders replaced by random weights of the released architecture."""
-    from asuka.models.sd import resolve_dtype
+    from asuka.models.frozen import resolve_dtype
 
     def load_flux(block: Any, path: Any, device: Any = "cpu", dtype: Any = None, parts: Any = None) -> Any:
         dt = resolve_dtype(dtype if dtype is not None else block.get("dtype", "float32"), "model.flux.dtype")

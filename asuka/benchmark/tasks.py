@@ -324,7 +324,7 @@ def random_weight_loaders(env: BenchEnv) -> Iterator[None]:
     if env.model != "sd15":
         yield
         return
-    from asuka.models.sd import resolve_dtype
+    from asuka.models.frozen import resolve_dtype
 
     def load_sd(sd_cfg: Any, path: Any, device: Any = "cpu", dtype: Any = None,
                 parts: tuple[str, ...] = bm.SD_PARTS) -> Any:

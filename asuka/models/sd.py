@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from asuka.utils.errors import AsukaError, ConfigError
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+from asuka.models.frozen import FrozenModelSpec, load_frozen
+from asuka.utils.errors import ConfigError
 
 # SD-1.5's training noise schedule (the scheduler_config.json of every SD-1.x checkpoint).
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -45,29 +42,6 @@ class SDComponents:
     scheduler: DDPMScheduler | None
 
 
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a DictConfig, a dict or an attribute object."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        try:
-            return cfg.get(key, default)
-        except TypeError:
-            pass
-    return getattr(cfg, key, default)
-
-
-def resolve_dtype(value: str | torch.dtype | None, key: str = "model.sd.dtype") -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) -> torch dtype; anything else is a ConfigError."""
-    if value is None:
-        return torch.float32
-    if isinstance(value, torch.dtype):
-        return value
-    if str(value) not in _DTYPES:
-        raise ConfigError(key, f"unknown dtype '{value}', expected one of float32, bfloat16, float16")
-    return _DTYPES[str(value)]
-
-
 def vae_scale_factor(vae: torch.nn.Module) -> int:
     """Pixels per latent cell (8 for SD), computed as diffusers does from the VAE's block count."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -79,45 +53,6 @@ def latent_side(vae: torch.nn.Module, resolution: int) -> int:
     if int(resolution) % factor:
         raise ConfigError("resolution", f"must be divisible by {factor} (the VAE's downsampling), got {resolution}")
     return int(resolution) // factor
-
-
-def _freeze(module: torch.nn.Module) -> torch.nn.Module:
-    module.requires_grad_(False)
-    module.eval()
-    return module
-
-
-def _looks_local(path: str) -> bool:
-    """A hub id is ``owner/name``; anything else that is path-shaped is meant as a local folder."""
-    p = str(path)
-    return p.startswith(("/", "./", "../", "~", ".")) or p.count("/") > 1 or "\\" in p or Path(p).exists()
-
-
-def _check_local_folder(path: Path) -> None:
-    if not path.is_dir():
-        raise AsukaError(
-            f"{path}: SD-1.5 inpainting folder not found (expected a diffusers folder with unet/, vae/, scheduler/; "
-            "set paths.sd_inpaint)"
-        )
-    expected = {"unet": "config.json", "vae": "config.json", "scheduler": "scheduler_config.json"}
-    missing = [f"{sub}/{name}" for sub, name in expected.items() if not (path / sub / name).is_file()]
-    if missing:
-        raise AsukaError(
-            f"{path}: not a diffusers SD-1.5 inpainting folder, missing {', '.join(missing)} "
-            "(expected unet/, vae/, scheduler/)"
-        )
-
-
-def _from_pretrained(cls: Any, path: str, subfolder: str, hint: str = "unet/, vae/, scheduler/ as paths.sd_inpaint",
-                     **kwargs: Any) -> Any:
-    """``cls.from_pretrained(path, subfolder)``; a failure is one AsukaError line (``hint``: the local folder to give
-    instead of a hub id)."""
-    try:
-        return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if _looks_local(path) else f" (no network? give a local folder with {hint})"
-        raise AsukaError(f"{path}: cannot load {subfolder}/ as {cls.__name__}: {first}{hint}") from None
 
 
 def build_tiny_sd(seed: int = 0) -> SDComponents:
@@ -156,6 +91,13 @@ def build_tiny_sd(seed: int = 0) -> SDComponents:
     return SDComponents(unet=unet, vae=vae, scheduler=scheduler)
 
 
+SD_SPEC = FrozenModelSpec(
+    name="SD-1.5 inpainting", block="model.sd", paths_key="paths.sd_inpaint",
+    classes={"unet": UNet2DConditionModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler},
+    components=SDComponents, build_tiny=build_tiny_sd, in_channels=("unet", 9, "an inpainting UNet has 9"),
+)
+
+
 def load_sd_inpaint(
     sd_cfg: Any,
     path: str | os.PathLike | None,
@@ -172,33 +114,7 @@ def load_sd_inpaint(
     ``parts`` limits what is read (stage 3 needs only the VAE); the others are None. ``train_unet`` leaves the UNet
     trainable and in train mode (LAR-Gen trains the whole inpainting UNet).
     """
-    source = cfg_get(sd_cfg, "source", "pretrained")
-    dtype = resolve_dtype(dtype if dtype is not None else cfg_get(sd_cfg, "dtype", "float32"))
-    if source == "tiny":
-        sd = build_tiny_sd(int(cfg_get(sd_cfg, "seed", 0)))
-        sd = SDComponents(*(getattr(sd, name) if name in parts else None for name in SD_SUBFOLDERS))
-        for module in (sd.unet, sd.vae):
-            if module is not None and dtype != torch.float32:  # built in float32
-                module.to(dtype=dtype)
-    elif source == "pretrained":
-        if path is None or str(path) in ("", "None", "null"):
-            raise ConfigError("paths.sd_inpaint", "no SD-1.5 inpainting weights given (a hub id or a local folder)")
-        path = os.path.expanduser(str(path))
-        if _looks_local(path):
-            _check_local_folder(Path(path))
-        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler}
-        loaded = {
-            name: _from_pretrained(classes[name], path, name, **({} if name == "scheduler" else {"torch_dtype": dtype}))
-            for name in parts
-        }
-        if "unet" in loaded and loaded["unet"].config.in_channels != 9:
-            raise AsukaError(f"{path}: unet/ has {loaded['unet'].config.in_channels} input channels; an inpainting UNet has 9")
-        sd = SDComponents(*(loaded.get(name) for name in SD_SUBFOLDERS))
-    else:
-        raise ConfigError("model.sd.source", f"unknown source '{source}', expected pretrained or tiny")
-    for module in (sd.unet, sd.vae):
-        if module is not None:
-            _freeze(module.to(device))
+    sd = load_frozen(SD_SPEC, sd_cfg, path, device, dtype, parts)
     if train_unet and sd.unet is not None:
         sd.unet.requires_grad_(True).train()
     return sd
@@ -217,7 +133,7 @@ def build_inference_scheduler(scheduler_config: Mapping[str, Any]) -> DDIMSchedu
     return DDIMScheduler.from_config(config)
 
 
-def _sample_latents(
+def sample_latents(
     vae: AutoencoderKL,
     pixels: torch.Tensor,
     generator: torch.Generator | list[torch.Generator] | None,
@@ -245,7 +161,7 @@ def encode_latents(
     """``image [B,3,H,W] in [-1,1]`` -> scaled latents ``E(x) * scaling_factor`` (the diffusion target space)."""
     if sample_mode not in ("sample", "mode"):
         raise ValueError(f"sample_mode must be 'sample' or 'mode', got {sample_mode!r}")
-    latents = _sample_latents(vae, image.to(device=vae.device, dtype=vae.dtype), generator, sample_mode)
+    latents = sample_latents(vae, image.to(device=vae.device, dtype=vae.dtype), generator, sample_mode)
     return latents * vae.config.scaling_factor
 
 

@@ -15,7 +15,8 @@ from diffusers import StableDiffusionInpaintPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from asuka.models.sd import SDComponents, cfg_get, build_inference_scheduler, load_sd_inpaint, resolve_dtype
+from asuka.models.frozen import cfg_get, resolve_dtype
+from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, empty_masks_output, finish,
                                                    preprocess_inpaint_inputs)
 from asuka.utils.errors import AsukaError

@@ -19,7 +19,8 @@ from asuka.models.alignment import AlignmentModule
 from asuka.models.backbones import backbone_for
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.models.sd import build_inference_scheduler, cfg_get, load_sd_inpaint, resolve_dtype
+from asuka.models.frozen import cfg_get, resolve_dtype
+from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 from asuka.utils.errors import AsukaError, ConfigError
 

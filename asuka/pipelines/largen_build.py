@@ -21,7 +21,8 @@ from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import build_image_encoder
 from asuka.models.largen.refine import RefineNet
 from asuka.models.mae_import import TINY_SEED
-from asuka.models.sd import SDComponents, build_inference_scheduler, cfg_get, load_sd_inpaint
+from asuka.models.frozen import cfg_get
+from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.baselines import _load_text_parts, tiny_text_encoder
 from asuka.pipelines.build import _load_decoder, _source
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 
 from asuka.data.datasets import TrainDataset, build_train_dataset
 from asuka.data.latent_cache import LatentCache, build_sharded_cache
-from asuka.models.sd import latent_side, load_sd_inpaint, masked_image, resolve_dtype
+from asuka.models.frozen import resolve_dtype
+from asuka.models.sd import latent_side, load_sd_inpaint, masked_image
 from asuka.utils.errors import ConfigError, DataError
 from asuka.utils.workers import resolve_num_workers
 

@@ -247,7 +247,8 @@ def build_latent_cache(cfg: Any) -> dict[str, Any]:
 
     from asuka.data.sources import build_image_source
     from asuka.models.backbones import backbone_for
-    from asuka.models.sd import latent_side, resolve_dtype
+    from asuka.models.frozen import resolve_dtype
+    from asuka.models.sd import latent_side
     from asuka.training.conditions import check_null_conditions
     from asuka.training.validate import check_fraction
 

@@ -7,10 +7,8 @@ The functions here are the one definition that the pipeline and (later) the trai
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +20,9 @@ from diffusers.pipelines.flux.pipeline_flux_fill import FluxFillPipeline, calcul
 from torch import nn
 
 from asuka.models.backbones.base import Backbone, ConditionShapes
-from asuka.models.sd import _from_pretrained, _looks_local, _sample_latents, cfg_get, resolve_dtype, vae_scale_factor
-from asuka.utils.errors import AsukaError, ConfigError
-
-log = logging.getLogger(__name__)
+from asuka.models.frozen import FrozenModelSpec, cfg_get, load_frozen
+from asuka.models.sd import sample_latents, vae_scale_factor
+from asuka.utils.errors import ConfigError
 
 # scheduler/scheduler_config.json of black-forest-labs/FLUX.1-Fill-dev (mu linear in the token count: 256 -> 0.5,
 # 4096 -> 1.15, as BFL's get_schedule(shift=True)).
@@ -100,14 +97,13 @@ def build_tiny_flux(seed: int = 0) -> FluxComponents:
     return FluxComponents(transformer=transformer, vae=vae, scheduler=scheduler)
 
 
-def _check_local_folder(path: Path, parts: tuple[str, ...]) -> None:
-    names = {"transformer": "config.json", "vae": "config.json", "scheduler": "scheduler_config.json"}
-    if not path.is_dir():
-        raise AsukaError(f"{path}: FLUX.1-Fill folder not found (a diffusers folder with transformer/, vae/, "
-                         "scheduler/; set paths.flux_fill)")
-    missing = [f"{p}/{names[p]}" for p in parts if not (path / p / names[p]).is_file()]
-    if missing:
-        raise AsukaError(f"{path}: not a diffusers FLUX.1-Fill folder, missing {', '.join(missing)}")
+FLUX_SPEC = FrozenModelSpec(
+    name="FLUX.1-Fill", block="model.flux", paths_key="paths.flux_fill",
+    classes={"transformer": FluxTransformer2DModel, "vae": AutoencoderKL, "scheduler": FlowMatchEulerDiscreteScheduler},
+    components=FluxComponents, build_tiny=build_tiny_flux,
+    in_channels=("transformer", 384, "FLUX.1-Fill has 384 (64 noisy + 320 fill condition)"),
+    hub_note="; FLUX.1-Fill-dev is gated: log in to download it",
+)
 
 
 def load_flux_fill(
@@ -124,43 +120,7 @@ def load_flux_fill(
     gated: log in first). ``dtype`` (default ``model.flux.dtype``) applies to the transformer and the AE; both come
     back frozen, in eval mode, on ``device``. ``parts`` limits what is read; the others are None.
     """
-    source = cfg_get(flux_cfg, "source", "pretrained")
-    dtype = resolve_dtype(dtype if dtype is not None else cfg_get(flux_cfg, "dtype", "float32"), "model.flux.dtype")
-    unknown = [p for p in parts if p not in FLUX_SUBFOLDERS]
-    if unknown:
-        raise ValueError(f"unknown FLUX parts {unknown}; expected some of {FLUX_SUBFOLDERS}")
-    if source == "tiny":
-        full = build_tiny_flux(int(cfg_get(flux_cfg, "seed", 0)))
-        comps = FluxComponents(*(getattr(full, p) if p in parts else None for p in FLUX_SUBFOLDERS))
-    elif source == "pretrained":
-        if path is None or str(path) in ("", "None", "null"):
-            raise ConfigError("paths.flux_fill", "no FLUX.1-Fill-dev weights given (a hub id or a local folder)")
-        path = os.path.expanduser(str(path))
-        if _looks_local(path):
-            _check_local_folder(Path(path), parts)
-        else:
-            from huggingface_hub import constants
-
-            log.warning("reading %s from the Hugging Face hub%s", path,
-                        " cache (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else " (downloads what is not cached)")
-        classes = {"transformer": FluxTransformer2DModel, "vae": AutoencoderKL,
-                   "scheduler": FlowMatchEulerDiscreteScheduler}
-        hint = "transformer/, vae/, scheduler/ as paths.flux_fill; FLUX.1-Fill-dev is gated: log in to download it"
-        loaded = {p: _from_pretrained(classes[p], path, p, hint=hint,
-                                      **({} if p == "scheduler" else {"torch_dtype": dtype})) for p in parts}
-        tr = loaded.get("transformer")
-        if tr is not None and int(tr.config.in_channels) != 384:
-            raise AsukaError(f"{path}: transformer/ has {tr.config.in_channels} input channels; FLUX.1-Fill has 384 "
-                             "(64 noisy + 320 fill condition)")
-        comps = FluxComponents(*(loaded.get(p) for p in FLUX_SUBFOLDERS))
-    else:
-        raise ConfigError("model.flux.source", f"unknown source '{source}', expected pretrained or tiny")
-    for module in (comps.transformer, comps.vae):
-        if module is not None:
-            if module.dtype != dtype:  # tiny parts are built in float32
-                module.to(dtype=dtype)
-            module.to(device).requires_grad_(False).eval()
-    return comps
+    return load_frozen(FLUX_SPEC, flux_cfg, path, device, dtype, parts)
 
 
 # ------------------------------------------------------------------------------------------------ latents
@@ -179,7 +139,7 @@ def to_ae_space(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
 def encode_latents(vae: AutoencoderKL, image: torch.Tensor, generator: Any = None,
                    sample_mode: str = "sample") -> torch.Tensor:
     """``image [B,3,H,W]`` in [-1,1] -> ``(E(x) - shift) * scale`` ``[B,16,H/8,W/8]`` (posterior sample)."""
-    z = _sample_latents(vae, image.to(device=vae.device, dtype=vae.dtype), generator, sample_mode)
+    z = sample_latents(vae, image.to(device=vae.device, dtype=vae.dtype), generator, sample_mode)
     return to_model_space(vae, z)
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from asuka.models.sd import cfg_get
+from asuka.models.frozen import cfg_get
 from asuka.utils.errors import AsukaError, ConfigError
 
 SUBJECT_PAD = 1.02  # released LAR-Gen inference: the subject box padded square at 1.02x
