@@ -27,6 +27,7 @@ from asuka.eval.features import build_inception, inception_weights_file
 from asuka.eval.metrics import build_lpips, frechet_distance, lpips_metric, lpips_trunk_file
 from asuka.eval.subject_metrics import SubjectScorer, background_psnr, dino_weights_folder, generated_region
 from asuka.models.largen.clip_image import prepare_subject
+from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
 SUBJECT_METHODS = ("largen", "sd_text", "sd_ip_adapter", "paint_by_example")
@@ -138,10 +139,10 @@ def _paint_by_example(cfg: DictConfig, device: torch.device) -> Any:
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
     from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
-    from asuka.pipelines.largen_build import given, tiny
+    from asuka.pipelines.largen_build import tiny
 
     folder = cfg.method.get("weights")
-    if given(folder):
+    if is_given(folder):
         path = Path(os.path.expanduser(str(folder)))
         if not (path / "model_index.json").is_file():
             raise ConfigError("method.weights", f"{path}: not a diffusers Paint-by-Example folder (no model_index.json)")
@@ -167,10 +168,10 @@ def _load_ip_adapter(cfg: DictConfig, pipe: Any, work_dir: Path) -> torch.nn.Mod
     """``largen.ip_adapter`` (an h94 ip-adapter-plus file) into the SD pipeline through diffusers' ``load_ip_adapter``;
     with tiny models a random adapter written in that layout. Returns the CLIP image encoder."""
     from asuka.models.largen.clip_image import build_image_encoder
-    from asuka.pipelines.largen_build import build_assign, given, tiny
+    from asuka.pipelines.largen_build import build_assign, tiny
 
     path = cfg.largen.get("ip_adapter")
-    if not given(path):
+    if not is_given(path):
         if not tiny(cfg):
             raise ConfigError("largen.ip_adapter", "method=sd_ip_adapter needs an ip-adapter-plus_sd15 file")
         from asuka.models.largen.assign import save_ip_adapter_file

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -18,18 +19,6 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _CONFIG_FILES = {"scheduler": "scheduler_config.json"}  # every other part has a config.json
-
-
-def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """Read ``key`` from a DictConfig, a dict or an attribute object."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        try:
-            return cfg.get(key, default)
-        except TypeError:
-            pass
-    return getattr(cfg, key, default)
 
 
 def resolve_dtype(value: str | torch.dtype | None, key: str = "model.sd.dtype") -> torch.dtype:
@@ -92,7 +81,7 @@ def from_pretrained(cls: Any, path: str, subfolder: str, hint: str, **kwargs: An
 
 
 def _read_pretrained(spec: FrozenModelSpec, path: Any, parts: tuple[str, ...], dtype: torch.dtype) -> dict[str, Any]:
-    if path is None or str(path) in ("", "None", "null"):
+    if not is_given(path):
         raise ConfigError(spec.paths_key, f"no {spec.name} weights given (a hub id or a local folder)")
     path = os.path.expanduser(str(path))
     if looks_local(path):

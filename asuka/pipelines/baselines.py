@@ -15,10 +15,11 @@ from diffusers import StableDiffusionInpaintPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from asuka.models.frozen import cfg_get, resolve_dtype
+from asuka.models.frozen import resolve_dtype
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, empty_masks_output, finish,
                                                    preprocess_inpaint_inputs)
+from asuka.utils.config import cfg_get
 from asuka.utils.errors import AsukaError
 
 DEFAULT_GUIDANCE = 7.5  # our choice: diffusers' default for SD-1.5 inpainting (the paper does not give it)
@@ -134,7 +135,7 @@ class SDInpaintBaseline:
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
-def _load_text_parts(path: str, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
+def load_text_parts(path: str, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModel]:
     for sub in ("tokenizer", "text_encoder"):
         if os.path.isdir(path) and not os.path.isdir(os.path.join(path, sub)):
             raise AsukaError(f"{path}: missing {sub}/ (the SD baselines need the text encoder and tokenizer)")
@@ -170,7 +171,7 @@ def load_sd_baseline(
         text_encoder.to(device=device, dtype=dtype)
         tokenizer = None
     else:
-        tokenizer, text_encoder = _load_text_parts(os.path.expanduser(str(path)), dtype)
+        tokenizer, text_encoder = load_text_parts(os.path.expanduser(str(path)), dtype)
         text_encoder.to(device)
     pipe = StableDiffusionInpaintPipeline(
         vae=sd.vae,

@@ -16,40 +16,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.models.alignment import AlignmentModule
-from asuka.models.backbones import backbone_for
+from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.models.frozen import cfg_get, resolve_dtype
+from asuka.models.frozen import resolve_dtype
 from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
+from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _given(value: Any) -> bool:
-    return value is not None and str(value) not in ("", "None", "null")
-
-
-def _source(cfg: DictConfig, key: str, paths_key: str) -> Any:
+def override_or_path(cfg: DictConfig, key: str, paths_key: str) -> Any:
     """A top-level override (``mae=...``) when the config has one, else ``paths.<paths_key>``."""
-    if key in cfg and _given(cfg.get(key)):
+    if key in cfg and is_given(cfg.get(key)):
         return cfg.get(key)
     return cfg_get(cfg.get("paths"), paths_key)
 
 
-def _block(cfg: DictConfig, name: str) -> dict:
+def model_block(cfg: DictConfig, name: str) -> dict:
     block = cfg.model.get(name)
     return dict(OmegaConf.to_container(block, resolve=True)) if isinstance(block, DictConfig) else dict(block or {})
 
 
-def is_tiny(cfg: DictConfig) -> bool:
-    """``model=tiny|flux_tiny`` (or ``experiment=demo``): missing parts are small random ones."""
-    block = cfg.model.get(backbone_for(cfg.model).config_key)
-    return str(cfg_get(block, "source", "pretrained")) == "tiny"
-
-
-def _load_alignment(path: Any) -> AlignmentModule:
+def load_alignment_folder(path: Any) -> AlignmentModule:
     folder = Path(os.path.expanduser(str(path)))
     if not (folder / "config.json").is_file():
         raise AsukaError(f"{folder}: not an alignment-module folder (expected config.json + safetensors from stage 2)")
@@ -63,12 +54,12 @@ def _tiny_alignment(cfg: DictConfig) -> AlignmentModule:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         try:
-            return AlignmentModule(**_block(cfg, "alignment")).eval()
+            return AlignmentModule(**model_block(cfg, "alignment")).eval()
         except TypeError as exc:
             raise ConfigError("model.alignment", str(exc)) from None
 
 
-def _load_decoder(path: Any):
+def load_decoder_folder(path: Any):
     from asuka.models.decoder import AsukaDecoder
 
     folder = Path(os.path.expanduser(str(path)))
@@ -97,7 +88,7 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
 
 
-def _freeze(pipe: Any) -> Any:
+def freeze_pipeline(pipe: Any) -> Any:
     """Every model component of an ASUKA pipeline (SD or FLUX) frozen and in eval mode."""
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -121,33 +112,33 @@ def build_pipeline(
     ``random_decoder`` a missing decoder too (a tiny one built on the tiny VAE). Otherwise a missing MAE or
     alignment path is a ConfigError naming the key.
     """
-    folder = _source(cfg, "pipeline", "pipeline")
+    folder = override_or_path(cfg, "pipeline", "pipeline")
     if backbone_for(cfg.model).name == FluxFill.name:
         from asuka.pipelines.build_flux import build_flux_pipeline
 
         return build_flux_pipeline(cfg, device=device, random_decoder=random_decoder,
-                                   folder=folder if use_pipeline_folder and _given(folder) else None)
-    if use_pipeline_folder and _given(folder):
+                                   folder=folder if use_pipeline_folder and is_given(folder) else None)
+    if use_pipeline_folder and is_given(folder):
         return load_pipeline(folder, device=device)
     tiny = is_tiny(cfg)
-    mae_path, align_path = _source(cfg, "mae", "mae"), _source(cfg, "alignment", "alignment")
-    if not (_given(mae_path) or tiny):
+    mae_path, align_path = override_or_path(cfg, "mae", "mae"), override_or_path(cfg, "alignment", "alignment")
+    if not (is_given(mae_path) or tiny):
         raise ConfigError("paths.mae", "the pipeline needs the stage-1 MAE (a final/mae folder or a converted file)")
-    if not (_given(align_path) or tiny):
+    if not (is_given(align_path) or tiny):
         raise ConfigError(
             "paths.alignment", "the pipeline needs the stage-2 alignment module (a final/alignment folder)"
         )
     mae = load_frozen_mae(cfg, mae_path)
-    alignment = _load_alignment(align_path) if _given(align_path) else _tiny_alignment(cfg)
-    sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device="cpu")
+    alignment = load_alignment_folder(align_path) if is_given(align_path) else _tiny_alignment(cfg)
+    sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device="cpu")
 
-    decoder_path = _source(cfg, "decoder", "decoder")
-    if _given(decoder_path):
-        decoder = _load_decoder(decoder_path)
+    decoder_path = override_or_path(cfg, "decoder", "decoder")
+    if is_given(decoder_path):
+        decoder = load_decoder_folder(decoder_path)
     elif random_decoder and tiny:
         from asuka.models.decoder import build_decoder
 
-        decoder_cfg = OmegaConf.create({**_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
+        decoder_cfg = OmegaConf.create({**model_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
         decoder = build_decoder(decoder_cfg, sd.vae).eval()
     else:
         decoder = None
@@ -161,7 +152,7 @@ def build_pipeline(
         decoder=decoder,
     )
     check_compatible(pipe)
-    return _freeze(pipe).to(device)
+    return freeze_pipeline(pipe).to(device)
 
 
 def load_pipeline(
@@ -190,7 +181,7 @@ def load_pipeline(
     except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
         raise AsukaError(f"{folder}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
     (check_flux_compatible if cls is AsukaFluxFillPipeline else check_compatible)(pipe)
-    return _freeze(pipe).to(device)
+    return freeze_pipeline(pipe).to(device)
 
 
 def export_pipeline(cfg: DictConfig) -> Path:
@@ -198,7 +189,7 @@ def export_pipeline(cfg: DictConfig) -> Path:
 
     With ``model=tiny`` every part not given is a tiny random one (the decoder included).
     """
-    if not _given(cfg.get("out")):
+    if not is_given(cfg.get("out")):
         raise ConfigError("out", "give the folder to write the pipeline to (out=DIR)")
     out = Path(os.path.expanduser(str(cfg.out)))
     if out.exists() and not out.is_dir():

@@ -14,12 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from asuka.models.alignment import AlignmentModule
-from asuka.models.backbones import ConditionShapes, backbone_for
+from asuka.models.backbones import ConditionShapes, backbone_for, is_tiny
 from asuka.models.backbones.flux import GUIDANCE, FluxConditions, FluxFill, load_flux_fill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.pipelines.build import (_block, _freeze, _given, _load_alignment, _load_decoder, is_tiny,
-                                   load_pipeline)
+from asuka.pipelines.build import freeze_pipeline, load_alignment_folder, load_decoder_folder, load_pipeline, model_block
 from asuka.pipelines.pipeline_asuka_flux import CONDITION_WEIGHT, AsukaFluxFillPipeline
+from asuka.utils.config import is_given
 from asuka.utils.errors import AsukaError, ConfigError
 from asuka.utils.safe_load import load_state_dict
 
@@ -32,10 +32,10 @@ CONDITION_FILES = {"asuka": ("txt_256", "vec"), "baseline": ("txt", "vec")}
 
 def _part(cfg: DictConfig, name: str) -> Path | None:
     """``<name>=`` on the command line, else ``paths.asuka_flux/<layout>`` when that folder is given."""
-    if _given(cfg.get(name)):
+    if is_given(cfg.get(name)):
         return Path(os.path.expanduser(str(cfg.get(name))))
     root = OmegaConf.select(cfg, "paths.asuka_flux")
-    return Path(os.path.expanduser(str(root))) / LAYOUT[name] if _given(root) else None
+    return Path(os.path.expanduser(str(root))) / LAYOUT[name] if is_given(root) else None
 
 
 def _use(path: Path | None, tiny: bool) -> bool:
@@ -46,11 +46,11 @@ def _use(path: Path | None, tiny: bool) -> bool:
 def _alignment(cfg: DictConfig, name: str, tiny: bool) -> AlignmentModule:
     path = _part(cfg, name)
     if _use(path, tiny):
-        return _load_alignment(path)
+        return load_alignment_folder(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED + (name == "alignment_clip"))
         try:
-            return AlignmentModule(**_block(cfg, name)).eval()
+            return AlignmentModule(**model_block(cfg, name)).eval()
         except TypeError as exc:
             raise ConfigError(f"model.{name}", str(exc)) from None
 
@@ -86,9 +86,9 @@ def _decoder(cfg: DictConfig, vae: Any, tiny: bool, random_decoder: bool) -> Any
 
     path = _part(cfg, "decoder")
     if _use(path, tiny):
-        return _load_decoder(path)
+        return load_decoder_folder(path)
     if random_decoder and tiny:
-        decoder_cfg = OmegaConf.create({**_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
+        decoder_cfg = OmegaConf.create({**model_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
         return build_decoder(decoder_cfg, vae).eval()
     return None
 
@@ -108,14 +108,14 @@ def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", ran
         if missing:
             raise ConfigError("paths.asuka_flux", f"missing {', '.join(missing)} (give the folder written by "
                                                   "scripts/convert_asuka.py)")
-    flux_path = cfg.get("flux") if _given(cfg.get("flux")) else OmegaConf.select(cfg, "paths.flux_fill")
+    flux_path = cfg.get("flux") if is_given(cfg.get("flux")) else OmegaConf.select(cfg, "paths.flux_fill")
     comps = load_flux_fill(cfg.model.flux, flux_path, device="cpu")
     shapes = FluxFill().condition_shapes(comps)
     parts: dict[str, Any] = {"mae": None, "alignment": None, "alignment_clip": None, "decoder": None}
     if not baseline:
         mae_path = _part(cfg, "mae")
         # load_frozen_mae reads the tiny flag from model.sd: give it a view with the FLUX backbone's flag
-        view = OmegaConf.create({"model": {"mae": _block(cfg, "mae"), "sd": {"source": "tiny" if tiny else "-"}},
+        view = OmegaConf.create({"model": {"mae": model_block(cfg, "mae"), "sd": {"source": "tiny" if tiny else "-"}},
                                  "paths": {"mae": None}})
         parts["mae"] = load_frozen_mae(view, str(mae_path) if _use(mae_path, tiny) else None)
         parts["alignment"] = _alignment(cfg, "alignment", tiny)
@@ -126,7 +126,7 @@ def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", ran
                                  condition_weight=float(cfg.model.get("condition_weight", CONDITION_WEIGHT)),
                                  guidance=float(cfg.model.get("guidance", GUIDANCE)), **parts)
     check_flux_compatible(pipe)
-    return place(_freeze(pipe), device, offload)
+    return place(freeze_pipeline(pipe), device, offload)
 
 
 OFFLOAD = ("none", "model", "sequential")

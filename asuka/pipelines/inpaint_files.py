@@ -11,16 +11,13 @@ import torch
 from omegaconf import DictConfig
 
 from asuka.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_image, load_mask
+from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 
 # diffusers and the models are imported only once the inputs are read, so a bad file is reported at once.
-
-
-def _given(value: object) -> bool:
-    return value is not None and str(value) not in ("", "None", "null")
 
 
 def alias_mask_argument(argv: list[str]) -> list[str]:
@@ -31,8 +28,8 @@ def alias_mask_argument(argv: list[str]) -> list[str]:
 
 def _pairs(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
     """(image, mask, output) triples: one from ``image/mask/out``, or a folder matched by file stem."""
-    single = [_given(cfg.get(k)) for k in ("image", "mask_file", "out")]
-    folder = [_given(cfg.get(k)) for k in ("image_dir", "mask_dir", "out_dir")]
+    single = [is_given(cfg.get(k)) for k in ("image", "mask_file", "out")]
+    folder = [is_given(cfg.get(k)) for k in ("image_dir", "mask_dir", "out_dir")]
     if any(single) and any(folder):
         raise ConfigError("image", "give either image/mask/out or image_dir/mask_dir/out_dir, not both")
     if any(single):
@@ -65,9 +62,10 @@ def _pairs(cfg: DictConfig) -> list[tuple[Path, Path, Path]]:
 
 
 def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
-    from asuka.pipelines.build import build_pipeline, is_tiny, load_pipeline
+    from asuka.models.backbones import is_tiny
+    from asuka.pipelines.build import build_pipeline, load_pipeline
 
-    if _given(cfg.get("pipeline")):
+    if is_given(cfg.get("pipeline")):
         return load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
@@ -129,7 +127,7 @@ def inpaint_one(
 
 def _max_side(cfg: DictConfig) -> int | None:
     value = cfg.get("max_side")
-    if not _given(value):
+    if not is_given(value):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 64:
         raise ConfigError("max_side", f"{value!r}: expected an integer >= 64, or null for no limit")

@@ -21,16 +21,12 @@ from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import build_image_encoder
 from asuka.models.largen.refine import RefineNet
 from asuka.models.mae_import import TINY_SEED
-from asuka.models.frozen import cfg_get
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
-from asuka.pipelines.baselines import _load_text_parts, tiny_text_encoder
-from asuka.pipelines.build import _load_decoder, _source
+from asuka.pipelines.baselines import load_text_parts, tiny_text_encoder
+from asuka.pipelines.build import load_decoder_folder, override_or_path
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline
+from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
-
-
-def given(value: Any) -> bool:
-    return value is not None and str(value) not in ("", "None", "null")
 
 
 @dataclass
@@ -57,24 +53,24 @@ def _folder(cfg: DictConfig, key: str, cls: type, what: str) -> Any:
 
 def load_parts(cfg: DictConfig, device: str | torch.device = "cpu", train_unet: bool = False) -> LarGenParts:
     """Backbone (UNet replaced by ``largen.unet`` when given), frozen text and image encoders."""
-    sd = load_sd_inpaint(cfg.model.sd, _source(cfg, "sd", "sd_inpaint"), device, torch.float32, train_unet=train_unet)
-    if given(cfg.largen.get("unet")):
+    sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device, torch.float32, train_unet=train_unet)
+    if is_given(cfg.largen.get("unet")):
         unet = _folder(cfg, "unet", UNet2DConditionModel, "LAR-Gen UNet").to(device)
         sd.unet = unet.requires_grad_(train_unet).train(train_unet)
     if tiny(cfg):
         tokenizer = None
         text_encoder = tiny_text_encoder(int(cfg_get(cfg.model.sd, "seed", 0)), int(sd.unet.config.cross_attention_dim))
     else:
-        tokenizer, text_encoder = _load_text_parts(os.path.expanduser(str(_source(cfg, "sd", "sd_inpaint"))), torch.float32)
+        tokenizer, text_encoder = load_text_parts(os.path.expanduser(str(override_or_path(cfg, "sd", "sd_inpaint"))), torch.float32)
     image_encoder = build_image_encoder(cfg.model.largen.image_encoder, cfg.largen.get("image_encoder"))
     return LarGenParts(sd, tokenizer, text_encoder.to(device), image_encoder.to(device))
 
 
 def build_assign(cfg: DictConfig, unet: UNet2DConditionModel) -> AssignAdapter:
     """``largen.assign`` (a stage folder), else ``largen.ip_adapter`` (an h94 file), else new from ``model.largen``."""
-    if given(cfg.largen.get("assign")):
+    if is_given(cfg.largen.get("assign")):
         return _folder(cfg, "assign", AssignAdapter, "Assign adapter").to(unet.device)
-    if given(cfg.largen.get("ip_adapter")):
+    if is_given(cfg.largen.get("ip_adapter")):
         return AssignAdapter.from_ip_adapter_file(cfg.largen.ip_adapter, unet, int(cfg.model.largen.assign.dim_head))
     sizes = OmegaConf.to_container(cfg.model.largen.assign, resolve=True)
     with torch.random.fork_rng(devices=[]):
@@ -84,7 +80,7 @@ def build_assign(cfg: DictConfig, unet: UNet2DConditionModel) -> AssignAdapter:
 
 def build_refine(cfg: DictConfig, unet: UNet2DConditionModel, required: bool = False) -> RefineNet | None:
     """``largen.refine`` (a stage-B folder); a new one from the UNet when ``required`` or with tiny models."""
-    if given(cfg.largen.get("refine")):
+    if is_given(cfg.largen.get("refine")):
         return _folder(cfg, "refine", RefineNet, "RefineNet").to(unet.device)
     if required or tiny(cfg):
         return RefineNet.from_unet(unet, int(cfg.model.largen.assign.image_embed_dim))
@@ -98,12 +94,12 @@ def inference_scheduler(scheduler_config: Any) -> DDIMScheduler:
 
 def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -> LarGenInpaintPipeline:
     """An exported folder (``largen.pipeline``) as is, else the pipeline assembled from the parts."""
-    if given(cfg.largen.get("pipeline")):
+    if is_given(cfg.largen.get("pipeline")):
         return load_largen_pipeline(cfg.largen.pipeline, device)
-    if not tiny(cfg) and not given(cfg.largen.get("unet")):
+    if not tiny(cfg) and not is_given(cfg.largen.get("unet")):
         raise ConfigError("largen.unet", "LAR-Gen needs its trained UNet (stage A final/unet)")
     parts = load_parts(cfg)
-    decoder = _load_decoder(cfg.largen.decoder) if given(cfg.largen.get("decoder")) else None
+    decoder = load_decoder_folder(cfg.largen.decoder) if is_given(cfg.largen.get("decoder")) else None
     pipe = LarGenInpaintPipeline(
         vae=parts.sd.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.sd.unet,
         assign=build_assign(cfg, parts.sd.unet), image_encoder=parts.image_encoder,
@@ -134,7 +130,7 @@ def load_largen_pipeline(path: str | os.PathLike, device: str | torch.device = "
 
 def export_largen_pipeline(cfg: DictConfig) -> Path:
     """``scripts/export_pipeline.py method=largen out=DIR``."""
-    if not given(cfg.get("out")):
+    if not is_given(cfg.get("out")):
         raise ConfigError("out", "give the folder to write the pipeline to (out=DIR)")
     out = Path(os.path.expanduser(str(cfg.out)))
     pipe = build_largen_pipeline(cfg)
@@ -154,13 +150,13 @@ def inpaint_largen(cfg: DictConfig) -> Path:
     as_mask = lambda path: Image.fromarray(load_mask(path).astype(np.uint8) * 255)  # noqa: E731  (>= 128 = hole)
 
     for key in ("image", "mask_file", "out"):
-        if not given(cfg.get(key)):
+        if not is_given(cfg.get(key)):
             raise ConfigError("mask" if key == "mask_file" else key, "missing (LAR-Gen needs image=, mask= and out=)")
-    if not given(cfg.get("prompt")) and not given(cfg.get("subject")):
+    if not is_given(cfg.get("prompt")) and not is_given(cfg.get("subject")):
         raise ConfigError("prompt", "give prompt=TEXT, subject=IMAGE, or both")
     image, mask = load_image(cfg.image), as_mask(cfg.mask_file)
-    subject = load_image(cfg.subject) if given(cfg.get("subject")) else None
-    subject_mask = as_mask(cfg.subject_mask) if given(cfg.get("subject_mask")) else None
+    subject = load_image(cfg.subject) if is_given(cfg.get("subject")) else None
+    subject_mask = as_mask(cfg.subject_mask) if is_given(cfg.get("subject_mask")) else None
     device = "cpu" if cfg.trainer.cpu or not torch.cuda.is_available() else "cuda"
     pipe = build_largen_pipeline(cfg, device)
     generator = torch.Generator(device="cpu").manual_seed(int(cfg.seed))

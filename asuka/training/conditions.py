@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from asuka.models.backbones import Backbone
+from asuka.models.backbones import Backbone, is_tiny
 from asuka.utils.errors import ConfigError
 
 NULL_KINDS = ("released", "zeros")
@@ -19,8 +19,6 @@ def check_null_conditions(cfg: DictConfig, backbone: Backbone, kind: str, key: s
         return
     if str(kind) not in NULL_KINDS:
         raise ConfigError(key, f"unknown value '{kind}', expected one of {', '.join(NULL_KINDS)}")
-    from asuka.pipelines.build import is_tiny
-
     if str(kind) == "released" and not is_tiny(cfg) and not cfg.paths.get("asuka_flux"):
         raise ConfigError("paths.asuka_flux", f"{key}=released needs the converted released folder (its "
                                               "conditions/), or set it to zeros")
@@ -34,7 +32,6 @@ def load_null_conditions(cfg: DictConfig, backbone: Backbone, components: Any, k
     if not backbone.has_null_conditions:
         return None
     check_null_conditions(cfg, backbone, kind, key)
-    from asuka.pipelines.build import is_tiny
     from asuka.pipelines.build_flux import flux_conditions
 
     shapes = backbone.condition_shapes(components)

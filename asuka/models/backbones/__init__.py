@@ -9,6 +9,7 @@ from typing import Any
 from asuka.models.backbones.base import Backbone, ConditionShapes
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.backbones.sd15 import SD15Inpaint
+from asuka.utils.config import cfg_get
 from asuka.utils.errors import ConfigError
 
 BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (SD15Inpaint, FluxFill)}
@@ -27,4 +28,11 @@ def backbone_for(model_cfg: Any) -> Backbone:
     return get_backbone(name)
 
 
-__all__ = ["BACKBONES", "Backbone", "ConditionShapes", "backbone_for", "get_backbone"]
+def is_tiny(cfg: Any) -> bool:
+    """``model=tiny|flux_tiny`` (or ``experiment=demo``): the backbone's block says ``source: tiny``, so the parts
+    that are not given are small random ones."""
+    block = cfg.model.get(backbone_for(cfg.model).config_key)
+    return str(cfg_get(block, "source", "pretrained")) == "tiny"
+
+
+__all__ = ["BACKBONES", "Backbone", "ConditionShapes", "backbone_for", "get_backbone", "is_tiny"]

@@ -20,8 +20,9 @@ from diffusers.pipelines.flux.pipeline_flux_fill import FluxFillPipeline, calcul
 from torch import nn
 
 from asuka.models.backbones.base import Backbone, ConditionShapes
-from asuka.models.frozen import FrozenModelSpec, cfg_get, load_frozen
+from asuka.models.frozen import FrozenModelSpec, load_frozen
 from asuka.models.sd import sample_latents, vae_scale_factor
+from asuka.utils.config import cfg_get
 from asuka.utils.errors import ConfigError
 
 # scheduler/scheduler_config.json of black-forest-labs/FLUX.1-Fill-dev (mu linear in the token count: 256 -> 0.5,

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from asuka.models.frozen import cfg_get
+from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
 
 SUBJECT_PAD = 1.02  # released LAR-Gen inference: the subject box padded square at 1.02x
@@ -41,7 +41,7 @@ def build_image_encoder(cfg: Any, path: str | os.PathLike | None = None) -> CLIP
             torch.manual_seed(int(cfg_get(cfg, "seed", 0)))
             encoder = CLIPVisionModelWithProjection(config)
     elif source == "pretrained":
-        if path is None or str(path) in ("", "None", "null"):
+        if not is_given(path):
             raise ConfigError("largen.image_encoder", "no CLIP image encoder given (a local folder or a hub id)")
         path = os.path.expanduser(str(path))
         subfolder = cfg_get(cfg, "subfolder", None) or ""
