@@ -26,7 +26,8 @@ DEFAULT_PROBS = {"object": 0.5, "irregular": 0.4, "regular": 0.1}
 # 3: every part draws its random numbers in array calls and through PIL's C drawer; Co-Mod flips mirror the
 #    coordinates; object outlines are rasterised straight into the mask (flip = mirrored outline).
 # 4: drawing through OpenCV (thick polylines with round joins, filled polygons, boxes by slicing); the irregular
-#    part of object+irregular is drawn onto the objects' canvas; object placement numbers from one array draw.
+#    part of object+irregular is drawn onto the objects' canvas; object placement numbers from one array draw;
+#    arrays of integers drawn as floor(u * range) instead of through numpy's sized integers().
 GENERATOR_VERSION = 4
 
 

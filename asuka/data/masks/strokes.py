@@ -119,8 +119,10 @@ class CoModIrregular:
         height, width = arr.shape
         avg_r = math.sqrt(height * height + width * width) / 8.0
         scale = math.sqrt(height * width) / self.reference_size
-        counts = rng.integers(self.min_vertices, self.max_vertices, n)
-        u = rng.random((5, n))  # per stroke: angle spread below / above the mean, start x, start y, width
+        # per stroke: angle spread below / above the mean, start x, start y, width, vertex count (integers as
+        # floor(u * range): numpy's sized integers() costs ~10x more on a fresh per-sample generator)
+        u = rng.random((6, n))
+        counts = self.min_vertices + (u[5] * (self.max_vertices - self.min_vertices)).astype(np.int64)
         steps = int(counts.sum())
         first = np.repeat(np.cumsum(counts) - counts, counts)  # per step: the index of its stroke's first step
         low = np.repeat(self.mean_angle - self.angle_range * u[0], counts)
@@ -205,9 +207,10 @@ class LamaIrregular:
         p = self.stroke
         height, width = arr.shape
         times = int(rng.integers(int(p["min_times"]), int(p["max_times"]) + 1))
-        starts = rng.integers(0, (width, height, 5), (times, 3))  # x, y, segments - 1
-        steps = rng.integers(0, (int(p["max_angle"]), int(p["max_len"]), int(p["max_width"])),
-                             (int(starts[:, 2].sum()) + times, 3)).tolist()
+        # integers as floor(u * range), as in CoModIrregular._brush
+        starts = (rng.random((times, 3)) * (width, height, 5)).astype(np.int64)  # x, y, segments - 1
+        ranges = (int(p["max_angle"]), int(p["max_len"]), int(p["max_width"]))
+        steps = (rng.random((int(starts[:, 2].sum()) + times, 3)) * ranges).astype(np.int64).tolist()
         at = 0
         for i, (x, y, extra) in enumerate(starts.tolist()):
             for angle, length, brush in steps[at:at + extra + 1]:
