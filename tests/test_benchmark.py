@@ -63,6 +63,19 @@ def test_masks_task_writes_rate(tmp_path: Path) -> None:
     assert r["ratio_to_anchor_seeded"] == pytest.approx(r["masks_per_s"] / r["anchor_masks_per_s_seeded"])
 
 
+def test_masks_task_without_the_anchor() -> None:
+    """``masks.anchor=false`` (a key of configs/benchmark.yaml) times the mixture alone: no anchor figures, no ratios."""
+    from conftest import compose_config
+
+    from asuka.benchmark.tasks import masks
+
+    cfg = compose_config("benchmark", ["task=masks", "size=32", "masks.n=4", "masks.anchor=false", "device=cpu",
+                                       "paths.coco_instances=null", "paths.object_masks=null"])
+    r = masks(cfg, resolve_env(cfg))
+    assert r["masks_per_s"] > 0 and r["masks_per_s_stream"] > 0 and sum(r["kinds"].values()) == 4
+    assert r["anchor_masks_per_s"] is None and r["ratio_to_anchor"] is None and r["ratio_to_anchor_seeded"] is None
+
+
 def test_lama_anchor_masks() -> None:
     from asuka.benchmark.lama_anchor import LamaStyleAnchor
 

@@ -522,7 +522,7 @@ def masks(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     generator = build_mask_generator(cfg.mask, cfg.paths)
     anchor = LamaStyleAnchor(env.size) if bool(mcfg.get("anchor", True)) else None
     size = env.size
-    runs = {"mixed": lambda rng: generator(rng, size, size), "anchor": anchor}
+    runs = {"mixed": lambda rng: generator(rng, size, size), **({"anchor": anchor} if anchor is not None else {})}
     generator(np.random.default_rng(env.seed), size, size)  # warm-up
     rounds = max(1, min(5, n))
     cpu = {(name, regime): 0.0 for name in runs for regime in ("stream", "seeded")}
@@ -530,8 +530,6 @@ def masks(cfg: DictConfig, env: BenchEnv) -> dict[str, Any]:
     for r in range(rounds):
         chunk = range(r * n // rounds, (r + 1) * n // rounds)
         for k, (name, draw) in enumerate(runs.items()):
-            if draw is None:
-                continue
             start = time.process_time()
             for _ in chunk:
                 draw(streams[name])

@@ -139,7 +139,7 @@ def _paint_by_example(cfg: DictConfig, device: torch.device) -> Any:
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
     from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
-    from asuka.pipelines.largen_build import tiny
+    from asuka.models.backbones import is_tiny
 
     folder = cfg.method.get("weights")
     if is_given(folder):
@@ -148,7 +148,7 @@ def _paint_by_example(cfg: DictConfig, device: torch.device) -> Any:
             raise ConfigError("method.weights", f"{path}: not a diffusers Paint-by-Example folder (no model_index.json)")
         pipe = PaintByExamplePipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = build_inference_scheduler(pipe.scheduler.config)
-    elif tiny(cfg):
+    elif is_tiny(cfg):
         sd = load_sd_inpaint(cfg.model.sd, None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
@@ -168,11 +168,12 @@ def _load_ip_adapter(cfg: DictConfig, pipe: Any, work_dir: Path) -> torch.nn.Mod
     """``largen.ip_adapter`` (an h94 ip-adapter-plus file) into the SD pipeline through diffusers' ``load_ip_adapter``;
     with tiny models a random adapter written in that layout. Returns the CLIP image encoder."""
     from asuka.models.largen.clip_image import build_image_encoder
-    from asuka.pipelines.largen_build import build_assign, tiny
+    from asuka.models.backbones import is_tiny
+    from asuka.pipelines.largen_build import build_assign
 
     path = cfg.largen.get("ip_adapter")
     if not is_given(path):
-        if not tiny(cfg):
+        if not is_tiny(cfg):
             raise ConfigError("largen.ip_adapter", "method=sd_ip_adapter needs an ip-adapter-plus_sd15 file")
         from asuka.models.largen.assign import save_ip_adapter_file
 

@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from omegaconf import DictConfig, OmegaConf
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from asuka.models.backbones import is_tiny
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import build_image_encoder
 from asuka.models.largen.refine import RefineNet
@@ -37,10 +38,6 @@ class LarGenParts:
     image_encoder: CLIPVisionModelWithProjection
 
 
-def tiny(cfg: DictConfig) -> bool:
-    return str(cfg_get(cfg.model.sd, "source", "pretrained")) == "tiny"
-
-
 def _folder(cfg: DictConfig, key: str, cls: type, what: str) -> Any:
     path = Path(os.path.expanduser(str(cfg.largen[key])))
     if not (path / "config.json").is_file():
@@ -57,7 +54,7 @@ def load_parts(cfg: DictConfig, device: str | torch.device = "cpu", train_unet: 
     if is_given(cfg.largen.get("unet")):
         unet = _folder(cfg, "unet", UNet2DConditionModel, "LAR-Gen UNet").to(device)
         sd.unet = unet.requires_grad_(train_unet).train(train_unet)
-    if tiny(cfg):
+    if is_tiny(cfg):
         tokenizer = None
         text_encoder = tiny_text_encoder(int(cfg_get(cfg.model.sd, "seed", 0)), int(sd.unet.config.cross_attention_dim))
     else:
@@ -82,7 +79,7 @@ def build_refine(cfg: DictConfig, unet: UNet2DConditionModel, required: bool = F
     """``largen.refine`` (a stage-B folder); a new one from the UNet when ``required`` or with tiny models."""
     if is_given(cfg.largen.get("refine")):
         return _folder(cfg, "refine", RefineNet, "RefineNet").to(unet.device)
-    if required or tiny(cfg):
+    if required or is_tiny(cfg):
         return RefineNet.from_unet(unet, int(cfg.model.largen.assign.image_embed_dim))
     return None
 
@@ -96,7 +93,7 @@ def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -
     """An exported folder (``largen.pipeline``) as is, else the pipeline assembled from the parts."""
     if is_given(cfg.largen.get("pipeline")):
         return load_largen_pipeline(cfg.largen.pipeline, device)
-    if not tiny(cfg) and not is_given(cfg.largen.get("unet")):
+    if not is_tiny(cfg) and not is_given(cfg.largen.get("unet")):
         raise ConfigError("largen.unet", "LAR-Gen needs its trained UNet (stage A final/unet)")
     parts = load_parts(cfg)
     decoder = load_decoder_folder(cfg.largen.decoder) if is_given(cfg.largen.get("decoder")) else None

@@ -13,10 +13,11 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from asuka.data.images import pil_to_tensor
+from asuka.models.backbones import is_tiny
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states
 from asuka.models.largen.net import LarGenNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input
-from asuka.pipelines.largen_build import build_assign, build_refine, inference_scheduler, load_parts, tiny
+from asuka.pipelines.largen_build import build_assign, build_refine, inference_scheduler, load_parts
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline, encode_prompts
 from asuka.training.engine import fit
 from asuka.training.largen_data import build_quadruplet_dataset
@@ -145,7 +146,7 @@ class RefineStage(LarGenStage):
     def check_config(cls, cfg: DictConfig) -> None:
         super().check_config(cfg)
         for key in ("unet", "assign"):
-            if not tiny(cfg) and not is_given(cfg.largen.get(key)):
+            if not is_tiny(cfg) and not is_given(cfg.largen.get(key)):
                 raise ConfigError(f"largen.{key}", f"stage B needs stage A's final/{key} folder")
 
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
