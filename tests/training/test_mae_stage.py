@@ -51,3 +51,31 @@ def test_bad_override_is_one_line(tmp_path):
         "error: config key 'trainer.max_steps': must be an integer >= 1, got -3"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_scripts_bank_then_stage_one_with_the_bank_and_gpu_decode(tmp_path):
+    """The README's fast stage-1 input path as a user runs it: ``make_masks.py format=bank``, then ``train_mae.py``
+    with ``mask.source=bank`` and ``dataset.image_work=gpu`` (here the CPU stands in for the device)."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from asuka.data.datasets import build_train_dataset
+    from asuka.data.mask_bank import MaskBank
+    from asuka.data.masks import GENERATOR_VERSION
+
+    bank, run = tmp_path / "bank", tmp_path / "run"
+    proc = run_script("make_masks.py", "format=bank", "n=16", "size=64", "seed=0", f"out={bank}",
+                      "paths.coco_instances=null", "paths.object_masks=null", f"hydra.run.dir={tmp_path / 'mm'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    index = json.loads((bank / "index.json").read_text())
+    assert index["count"] == 16 and index["size"] == 64 and index["generator_version"] == GENERATOR_VERSION
+    proc = run_script("train_mae.py", "experiment=demo", "mask.source=bank", f"mask.bank={bank}",
+                      "dataset.image_work=gpu", "trainer.max_steps=2", "trainer.checkpoint_every=100",
+                      f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    ds = build_train_dataset(OmegaConf.load(run / "config.yaml"))  # the run's own config: bank masks, file bytes
+    assert isinstance(ds.mask_generator, MaskBank) and "encoded" in ds[(0, 0)]
