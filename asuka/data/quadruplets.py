@@ -21,6 +21,7 @@ from PIL import Image
 
 from asuka.data.latent_cache import LatentCache
 from asuka.utils.errors import DataError
+from asuka.utils.paths import inside
 
 RECORDS_FILE = "quadruplets.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -53,8 +54,11 @@ class Quadruplet:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], root: str | os.PathLike) -> "Quadruplet":
-        root = Path(root)
-        return cls(id=str(record["id"]), **{k: root / record[k] for k in _FILES}, caption=str(record["caption"]),
+        root, qid = Path(root), str(record["id"])
+        what = f"{root}: quadruplet {qid!r}"
+        inside(root, qid, f"{what}: id")  # ids name files that LAR-Gen and eval write under their run folders
+        return cls(id=qid, **{k: inside(root, str(record[k]), f"{what}: {k}") for k in _FILES},
+                   caption=str(record["caption"]),
                    tag=str(record["tag"]), box=tuple(int(v) for v in record["box"]),
                    scores={k: float(v) for k, v in record["scores"].items()}, source=str(record["source"]))
 

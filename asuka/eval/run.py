@@ -31,6 +31,7 @@ from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
 from asuka.utils.errors import AsukaError, ConfigError, DataError
+from asuka.utils.paths import inside
 from asuka.utils.workers import resolve_num_workers
 
 METHODS = ("asuka", "sd", "sd_text", "asuka_flux", "flux_fill", "predictions")
@@ -250,8 +251,9 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
     device = state.device
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = EvalDataset(items, int(cfg.resolution))
+    targets = [inside(out_dir, f"{item_key(it.name)}.png", f"dataset item {it.name!r}") for it in items]
     with state.split_between_processes(list(range(len(items)))) as mine:
-        todo = [i for i in mine if not (out_dir / f"{item_key(items[i].name)}.png").is_file()]
+        todo = [i for i in mine if not targets[i].is_file()]
     if state.is_main_process:
         print(f"[eval] generating {len(items)} images with method={cfg.method.name} into {out_dir} "
               f"({state.num_processes} process(es); {len(todo)} to do on the main process)")
@@ -270,7 +272,7 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
                        generator=gens, output_type="pil")
             outs = out.images if hasattr(out, "images") else out[0]
             for i, img in zip(idx, outs):
-                _save_png(img, out_dir / f"{item_key(items[i].name)}.png")
+                _save_png(img, targets[i])
             bar.update(len(idx))
         bar.close()
     state.wait_for_everyone()
