@@ -343,6 +343,11 @@ def _versions() -> dict[str, str | None]:
 
 def _validate(cfg: DictConfig) -> None:
     method = cfg.method.get("name")
+    from asuka.eval.subject import SUBJECT_METHODS
+
+    if method in SUBJECT_METHODS and method not in METHODS:  # a subject-conditioned method: the dataset is the fix
+        raise ConfigError("dataset", f"method={method} needs a subject benchmark: dataset=largen_samples "
+                                     f"(or dataset=dreambench_coco), not dataset={cfg.dataset.get('name')}")
     if method not in METHODS:
         raise ConfigError("method.name", f"{method!r}: expected one of {', '.join(METHODS)}")
     if method == "predictions" and not cfg.get("predictions_dir"):

@@ -101,3 +101,11 @@ def test_benchmark_paths_and_names_stay_inside(tmp_path, key, value):
     (root / "benchmark.jsonl").write_text(json.dumps(line) + "\n")
     with pytest.raises(DataError, match=rf"benchmark.jsonl:1: {key}: .* must be a path inside"):
         load_subject_items(OmegaConf.create({"root": str(root), "format": "jsonl"}))
+
+
+@pytest.mark.parametrize("method", ["largen", "paint_by_example"])
+def test_subject_method_without_a_subject_dataset_names_the_dataset(tmp_path, method):
+    """Issue 23: ``eval.py experiment=demo method=largen`` says the key to fix is the dataset, in one line."""
+    with pytest.raises(ConfigError, match=r"^config key 'dataset': method=.* needs a subject benchmark: dataset=largen_samples"):
+        evaluate(compose_config("eval", ["experiment=demo", f"method={method}"]), tmp_path)
+    assert not any(tmp_path.iterdir())
