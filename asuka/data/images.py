@@ -132,13 +132,14 @@ def _ends_with(path: str | os.PathLike, tail: bytes) -> bool:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image to a float [3, H, W] tensor in [-1, 1] (the package's image convention), ``u / 127.5 - 1`` in
-    float32; the bytes are cast and divided in one pass into torch-allocated H x W x 3 memory, with no extra copy."""
+    float32; the bytes are cast and divided in one pass into torch-allocated contiguous 3 x H x W memory (a
+    channels-last view would run other conv kernels, with other floats, in every model it reaches)."""
     import torch
 
     arr = np.asarray(img if img.mode == "RGB" else to_rgb(img), dtype=np.uint8)
-    out = torch.empty(arr.shape, dtype=torch.float32)
-    np.divide(arr, np.float32(127.5), out=out.numpy(), dtype=np.float32)
-    return out.sub_(1.0).permute(2, 0, 1)
+    out = torch.empty((arr.shape[2], arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    np.divide(arr.transpose(2, 0, 1), np.float32(127.5), out=out.numpy(), dtype=np.float32)
+    return out.sub_(1.0)
 
 
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:

@@ -66,10 +66,34 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     from asuka.pipelines.build import build_pipeline, load_pipeline
 
     if is_given(cfg.get("pipeline")):
-        return load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
+        pipe = load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
+        return recipe_for(pipe, str(cfg.get("recipe") or "ours"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
     return build_pipeline(cfg, device=device)
+
+
+def read_mask(path: Path, soft: bool) -> np.ndarray:
+    """The mask file as bool (hole = gray >= 128), or with ``soft`` its gray values / 255 (the official recipe keeps
+    grey masks, as ``misato_dataset`` reads them); the file is checked by :func:`load_mask` either way."""
+    hole = load_mask(path)
+    if not soft:
+        return hole
+    with PIL.Image.open(path) as img:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def recipe_for(pipe: "AsukaInpaintPipeline", recipe: str) -> "AsukaInpaintPipeline":
+    """``recipe=`` applied to an ASUKA-FLUX pipeline; the other pipelines only have ``ours``."""
+    from asuka.pipelines.build_flux import with_recipe
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline, check_recipe
+
+    if isinstance(pipe, AsukaFluxFillPipeline):
+        return with_recipe(pipe, check_recipe(recipe))
+    if recipe != "ours":
+        raise ConfigError("recipe", f"'{recipe}' is for the ASUKA-FLUX pipeline only; this one is "
+                                    f"{type(pipe).__name__}")
+    return pipe
 
 
 def working_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -95,7 +119,8 @@ def inpaint_one(
     paste_back: bool = False,
     max_side: int | None = None,
 ) -> PIL.Image.Image:
-    """Inpaint one RGB image with a bool mask (True = hole); the result has the input's size.
+    """Inpaint one RGB image with a bool mask (True = hole; or grey values in [0, 1]); the result has the input's
+    size.
 
     The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
     ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
@@ -162,7 +187,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     written = []
     for k, ((image_path, mask_path, out_path), size) in enumerate(zip(pairs, sizes), start=1):
         image = load_image(image_path)
-        mask = load_mask(mask_path)
+        mask = read_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
         if pipe is None:  # after the first files are read, so a bad input fails fast, before any model loads
             pipe = _pipeline(cfg, device)
             pipe.set_progress_bar_config(leave=False, desc="steps")

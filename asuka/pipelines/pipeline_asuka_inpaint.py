@@ -129,8 +129,10 @@ def preprocess_inpaint_inputs(
     height, width = image_processor.get_default_height_width(first, height, width)
     if height < factor or width < factor:
         raise AsukaError(f"image is too small: {size[0]}x{size[1]} (needs at least {factor} pixels a side)")
-    init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32)
-    mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32)
+    # VaeImageProcessor.numpy_to_pt returns a channels-last view of the HxWxC arrays: made contiguous (NCHW) here, as
+    # the official loaders' batches are, since channels-last conv kernels give other floats (1.7e-2 on FLUX's fill).
+    init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32).contiguous()
+    mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32).contiguous()
     if mask.shape[0] != init_image.shape[0]:
         mask = mask.repeat(init_image.shape[0] // mask.shape[0], 1, 1, 1)
     return init_image, mask

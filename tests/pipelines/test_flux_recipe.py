@@ -1,0 +1,158 @@
+"""The released ASUKA-FLUX recipe (``recipe=official``) and the NCHW input layout, each against an independent
+computation: a hand-written BFL-style sampling loop, cv2 itself, the official saving and metric formulas."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import compose_config
+
+from asuka.data.images import pil_to_tensor
+from asuka.eval.clip_score import official_hole
+from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_error
+from asuka.models.mae import cv2_area_resize
+from asuka.pipelines.build import build_pipeline
+from asuka.pipelines.build_flux import with_recipe
+from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline, truncate_to_pil
+from asuka.utils.errors import ConfigError
+
+STEPS = 2
+H, W = 48, 80    # a non-square size, multiples of 16
+
+
+@pytest.fixture(scope="module")
+def pipes() -> tuple[AsukaFluxFillPipeline, AsukaFluxFillPipeline]:
+    """(ours, official) on the same tiny random parts (built twice: official casts its MAE and heads to bf16)."""
+    out = []
+    for recipe in ("ours", "official"):
+        p = build_pipeline(compose_config("inpaint", ["model=flux_tiny", f"recipe={recipe}"]))
+        p.set_progress_bar_config(disable=True)
+        out.append(p)
+    return out[0], out[1]
+
+
+def _png_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and a blurred (grey) mask, as uint8 arrays read back from PNG-like data."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    mask[12:36, 20:60] = 255
+    return image, cv2.GaussianBlur(mask, (0, 0), 2)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def test_preprocessed_inputs_are_contiguous_nchw(pipes) -> None:
+    """numpy_to_pt's channels-last view must not reach the AE: the fill condition from a PIL image equals, bit for
+    bit, the one from the contiguous tensor the official loader builds (before the fix: channels-last kernels)."""
+    ours, _ = pipes
+    image, mask = _png_arrays()
+    init, m = ours.preprocess(PIL.Image.fromarray(image), PIL.Image.fromarray(mask))
+    assert init.is_contiguous() and m.is_contiguous() and init.stride() == (3 * H * W, H * W, W, 1)
+    official = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1).contiguous()[None]
+    assert torch.equal(init, official)
+    posterior = ours.vae.encode(init).latent_dist.mode()
+    assert torch.equal(posterior, ours.vae.encode(official).latent_dist.mode())
+    assert pil_to_tensor(PIL.Image.fromarray(image)).is_contiguous()
+
+
+def _official_loop(pipe: AsukaFluxFillPipeline, image: np.ndarray, mask01: np.ndarray, seed: int) -> torch.Tensor:
+    """test_asuka_flux.py's loop written out: grey mask as is, bf16 noise, bf16 fill, BFL schedule and Euler (one
+    generator: the noise, then the posterior sample of the masked image, as the pipeline draws them)."""
+    gen = _gen(seed)
+    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1).contiguous()[None]
+    m = torch.from_numpy(mask01)[None, None]
+    txt, vec = pipe.encode_conditions(x, m)
+    h, w = H // 8, W // 8
+    noise = torch.randn(1, 16, h, w, generator=gen, dtype=torch.bfloat16).float()
+    img = noise.reshape(1, 16, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, h * w // 4, 64)
+    z = pipe.vae.encode(x * (1 - m)).latent_dist.sample(generator=gen)
+    z = (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    z = z.reshape(1, 16, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, h * w // 4, 64)
+    mc = m[:, 0].reshape(1, h, 8, w, 8).permute(0, 2, 4, 1, 3).reshape(1, 64, h, w)
+    mc = mc.reshape(1, 64, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, h * w // 4, 256)
+    fill = torch.cat([z, mc], dim=-1).bfloat16().float()
+    seq = img.shape[1]
+    mu = 0.5 + (1.15 - 0.5) / (4096 - 256) * (seq - 256)
+    ts = [math.exp(mu) / (math.exp(mu) + (1 / t - 1)) if t > 0 else 0.0 for t in np.linspace(1, 0, STEPS + 1)]
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1], ids[..., 2] = torch.arange(h // 2)[:, None], torch.arange(w // 2)[None]
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        v = pipe.transformer(hidden_states=torch.cat([img, fill], dim=2), timestep=torch.tensor([t]),
+                             guidance=torch.tensor([30.0]), pooled_projections=vec, encoder_hidden_states=txt,
+                             txt_ids=torch.zeros(txt.shape[1], 3), img_ids=ids.reshape(-1, 3), return_dict=False)[0]
+        img = img + (t_next - t) * v
+    return img
+
+
+def test_official_recipe_samples_soft_masks_as_the_official_loop(pipes) -> None:
+    ours, official = pipes
+    image, mask = _png_arrays()
+    grey = mask.astype(np.float32) / 255.0
+    assert 0 < np.mean((grey > 0) & (grey < 1))  # a soft mask indeed
+    got = official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), num_inference_steps=STEPS,
+                   generator=_gen(1), output_type="latent").images
+    want = _official_loop(official, image, grey, seed=1)
+    assert (got - want).abs().max() < 1e-4
+    binarised = _official_loop(official, image, (grey >= 0.5).astype(np.float32), seed=1)
+    assert (got - binarised).abs().max() > 1e-2  # the grey values matter
+    assert official.mae.dtype == official.alignment.dtype == torch.bfloat16 and ours.mae.dtype == torch.float32
+
+
+def test_official_recipe_saves_by_truncation(pipes) -> None:
+    _, official = pipes
+    image, mask = _png_arrays()
+    args = dict(num_inference_steps=STEPS, generator=None)
+    floats = official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), output_type="np",
+                      **{**args, "generator": _gen(2)}).images[0]
+    saved = np.asarray(official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), output_type="pil",
+                                **{**args, "generator": _gen(2)}).images[0])
+    assert np.array_equal(saved, np.floor(np.clip(floats * 255, 0, 255)).astype(np.uint8))
+    assert np.array_equal(np.asarray(truncate_to_pil(np.array([[[[0.999, 0.5, 1.2]]]]))[0]), [[[254, 127, 255]]])
+
+
+def test_recipe_switch_is_checked(pipes) -> None:
+    ours, official = pipes
+    with pytest.raises(ConfigError, match="recipe"):
+        compose_and_build = build_pipeline(compose_config("inpaint", ["model=flux_tiny", "recipe=released"]))
+        del compose_and_build
+    with pytest.raises(ConfigError, match="recipe=official"):
+        with_recipe(official, "ours")
+    assert with_recipe(ours, "ours") is ours
+
+
+def test_cv2_area_resize_calls_cv2_on_upscaled_inputs() -> None:
+    """96x80 -> 256: cv2's 8-bit INTER_AREA zoom, value for value."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    want = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
+    got = cv2_area_resize(torch.from_numpy(image).permute(2, 0, 1)[None].float(), 256)[0].permute(1, 2, 0)
+    assert np.array_equal(got.numpy().astype(np.uint8), want)
+
+
+def test_official_grad_and_clip_hole_on_a_grey_mask() -> None:
+    """cal_grad.py: composite with the grey mask, Canny on it; cal_clip_score.py: hole = mask // 255."""
+    image, mask = _png_arrays(1)
+    gt = np.random.default_rng(2).integers(0, 256, image.shape, dtype=np.uint8)
+    m = mask[..., None] / 255.0
+    result = image * m + gt * (1 - m)
+    edges = cv2.Canny(mask, 100, 200) > 0
+    want = []
+    for c in range(3):
+        d = [cv2.Sobel(result[..., c].copy(), cv2.CV_64F, *a, ksize=3) - cv2.Sobel(gt[..., c].copy(), cv2.CV_64F,
+                                                                                    *a, ksize=3)
+             for a in ((1, 0), (0, 1))]
+        want.append(np.sqrt(d[0] ** 2 + d[1] ** 2)[edges].mean())
+    got = official_boundary_gradient_error(image, gt, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    binary = (mask >= 128).astype(np.uint8) * 255
+    np.testing.assert_allclose(official_boundary_gradient_error(image, gt, binary),
+                               boundary_gradient_error(np.where(binary[..., None] > 0, image, gt), gt, binary > 0),
+                               rtol=1e-12)
+    assert np.array_equal(official_hole(mask), mask == 255) and official_hole(mask).sum() < (mask >= 128).sum()
