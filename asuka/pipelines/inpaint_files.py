@@ -70,7 +70,7 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
         return recipe_for(pipe, str(cfg.get("recipe") or "ours"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
-    return build_pipeline(cfg, device=device)
+    return recipe_for(build_pipeline(cfg, device=device), str(cfg.get("recipe") or "ours"))
 
 
 def read_mask(path: Path, soft: bool) -> np.ndarray:

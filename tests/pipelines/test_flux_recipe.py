@@ -17,6 +17,7 @@ from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_
 from asuka.models.mae import cv2_area_resize
 from asuka.pipelines.build import build_pipeline
 from asuka.pipelines.build_flux import with_recipe
+from asuka.pipelines.inpaint_files import recipe_for
 from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline, truncate_to_pil
 from asuka.utils.errors import ConfigError
 
@@ -108,11 +109,9 @@ def test_official_recipe_samples_soft_masks_as_the_official_loop(pipes) -> None:
 def test_official_recipe_saves_by_truncation(pipes) -> None:
     _, official = pipes
     image, mask = _png_arrays()
-    args = dict(num_inference_steps=STEPS, generator=None)
-    floats = official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), output_type="np",
-                      **{**args, "generator": _gen(2)}).images[0]
-    saved = np.asarray(official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), output_type="pil",
-                                **{**args, "generator": _gen(2)}).images[0])
+    floats, saved = (official(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), num_inference_steps=STEPS,
+                              generator=_gen(2), output_type=kind).images[0] for kind in ("np", "pil"))
+    saved = np.asarray(saved)
     assert np.array_equal(saved, np.floor(np.clip(floats * 255, 0, 255)).astype(np.uint8))
     assert np.array_equal(np.asarray(truncate_to_pil(np.array([[[[0.999, 0.5, 1.2]]]]))[0]), [[[254, 127, 255]]])
 
@@ -120,8 +119,9 @@ def test_official_recipe_saves_by_truncation(pipes) -> None:
 def test_recipe_switch_is_checked(pipes) -> None:
     ours, official = pipes
     with pytest.raises(ConfigError, match="recipe"):
-        compose_and_build = build_pipeline(compose_config("inpaint", ["model=flux_tiny", "recipe=released"]))
-        del compose_and_build
+        build_pipeline(compose_config("inpaint", ["model=flux_tiny", "recipe=released"]))
+    with pytest.raises(ConfigError, match="ASUKA-FLUX pipeline only"):
+        recipe_for(object(), "official")  # an SD / LAR-Gen pipeline has only recipe=ours
     with pytest.raises(ConfigError, match="recipe=official"):
         with_recipe(official, "ours")
     assert with_recipe(ours, "ours") is ours
@@ -156,3 +156,19 @@ def test_official_grad_and_clip_hole_on_a_grey_mask() -> None:
                                boundary_gradient_error(np.where(binary[..., None] > 0, image, gt), gt, binary > 0),
                                rtol=1e-12)
     assert np.array_equal(official_hole(mask), mask == 255) and official_hole(mask).sum() < (mask >= 128).sum()
+
+
+def test_official_recipe_encodes_the_fill_with_the_release_encoder() -> None:
+    """test_asuka_flux.py loads encoder.* of asuka_decoder.ckpt over the FLUX AE: so does recipe=official."""
+    from asuka.pipelines.build_flux import build_flux_pipeline
+
+    pipe = build_flux_pipeline(compose_config("inpaint", ["model=flux_tiny"]), random_decoder=True)
+    with torch.no_grad():
+        for p in pipe.decoder.encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    flux_encoder = {k: v.clone() for k, v in pipe.vae.encoder.state_dict().items()}
+    official = with_recipe(pipe, "official")
+    release = pipe.decoder.encoder.state_dict()
+    assert all(torch.equal(v, release[k]) for k, v in official.vae.encoder.state_dict().items())
+    assert not all(torch.equal(v, release[k]) for k, v in flux_encoder.items())
+    assert official.config.recipe == "official" and official.mae.dtype == torch.bfloat16
