@@ -40,7 +40,7 @@ def clip_preprocess(image: np.ndarray) -> torch.Tensor:
     left, top = int(round((nw - CLIP_SIZE) / 2.0)), int(round((nh - CLIP_SIZE) / 2.0))
     img = img.crop((left, top, left + CLIP_SIZE, top + CLIP_SIZE))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    return ((x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]).contiguous()
 
 
 def hole_pair(pred: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,7 +121,7 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
         Under ``recipe="official"`` inside bf16 autocast, as the official script runs them on CUDA (on the CPU
         torch's CPU autocast, the closest it allows)."""
         param = next(self.mae.parameters())
-        with torch.autocast(param.device.type, dtype=RELEASE_DTYPE, enabled=self.official):
+        with torch.autocast(self._execution_device.type, dtype=RELEASE_DTYPE, enabled=self.official):
             prior = self.mae.prior(image.to(param.device, param.dtype), mask.to(param.device, param.dtype))
             txt = self.alignment(prior.to(next(self.alignment.parameters()).dtype))
             vec = self.alignment_clip(prior.to(next(self.alignment_clip.parameters()).dtype)).mean(dim=1)
