@@ -172,3 +172,18 @@ def test_official_recipe_encodes_the_fill_with_the_release_encoder() -> None:
     assert all(torch.equal(v, release[k]) for k, v in official.vae.encoder.state_dict().items())
     assert not all(torch.equal(v, release[k]) for k, v in flux_encoder.items())
     assert official.config.recipe == "official" and official.mae.dtype == torch.bfloat16
+
+
+def test_official_recipe_round_trips(pipes, tmp_path) -> None:
+    """model_index.json keeps the recipe; the reloaded pipeline samples the same latents."""
+    from asuka.pipelines.build import load_pipeline
+
+    _, official = pipes
+    official.save_pretrained(tmp_path)
+    loaded = load_pipeline(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.recipe == "official" and loaded.mae.dtype == loaded.alignment_clip.dtype == torch.bfloat16
+    image, mask = _png_arrays()
+    runs = [p(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), num_inference_steps=STEPS, generator=_gen(3),
+              output_type="latent").images for p in (official, loaded)]
+    assert (runs[0] - runs[1]).abs().max() < 1e-5  # as the ours-recipe round trip (test_pipeline_asuka_flux.py)
