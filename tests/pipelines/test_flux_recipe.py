@@ -187,3 +187,20 @@ def test_official_recipe_round_trips(pipes, tmp_path) -> None:
     runs = [p(PIL.Image.fromarray(image), PIL.Image.fromarray(mask), num_inference_steps=STEPS, generator=_gen(3),
               output_type="latent").images for p in (official, loaded)]
     assert (runs[0] - runs[1]).abs().max() < 1e-5  # as the ours-recipe round trip (test_pipeline_asuka_flux.py)
+
+
+def test_inpaint_script_under_the_official_recipe_reads_grey_masks(pipes, tmp_path) -> None:
+    """``inpaint.py recipe=official``: the mask file's grey values reach the pipeline, the PNG is truncated."""
+    from asuka.pipelines.inpaint_files import inpaint
+
+    _, official = pipes
+    image, mask = _png_arrays()
+    PIL.Image.fromarray(image).save(tmp_path / "image.png")
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    cfg = compose_config("inpaint", ["model=flux_tiny", "recipe=official", f"image={tmp_path / 'image.png'}",
+                                     f"mask_file={tmp_path / 'mask.png'}", f"out={tmp_path / 'out.png'}",
+                                     f"steps={STEPS}", "seed=4", "trainer.cpu=true"])
+    inpaint(cfg)
+    want = official(PIL.Image.fromarray(image), mask.astype(np.float32) / 255.0, num_inference_steps=STEPS,
+                    generator=_gen(4), output_type="pil").images[0]
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "out.png")), np.asarray(want))
