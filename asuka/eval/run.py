@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.eval import features as feats_mod
-from asuka.eval.clip_score import build_clip, clip_similarity, clip_weights_folder, hole_pair
-from asuka.eval.grad import boundary_gradient_error
+from asuka.eval.clip_score import build_clip, clip_similarity, clip_weights_folder, hole_pair, official_hole
+from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_error
 from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
@@ -123,9 +123,10 @@ class _ScoredPairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, pred_paths: Sequence[Path], items: Sequence[Any],
-                 use_composite: bool, band: int) -> None:
+                 use_composite: bool, band: int, official: bool = False) -> None:
         self.dataset, self.pred_paths, self.items = dataset, list(pred_paths), list(items)
         self.use_composite, self.band = use_composite, band
+        self.official = official  # recipe=official: Grad and the CLIP hole as cal_grad.py / cal_clip_score.py
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -153,9 +154,15 @@ class _ScoredPairs(torch.utils.data.Dataset):
         gt01, sc01 = (gt + 1) / 2, (scored + 1) / 2
         hole = (mask[0, 0] >= MASK_THRESHOLD).numpy()
         gt8, sc8 = (to_uint8(t[0]).permute(1, 2, 0).numpy() for t in (gt, scored))
+        if self.official:
+            mask8 = (mask[0, 0] * 255).round().to(torch.uint8).numpy()
+            hole = official_hole(mask8)
+            grad = official_boundary_gradient_error(to_uint8(pred[0]).permute(1, 2, 0).numpy(), gt8, mask8)
+        else:
+            grad = boundary_gradient_error(sc8, gt8, hole)
         clip_pred, clip_gt = hole_pair(sc8, gt8, hole)
         return {"index": index, "gt": gt[0], "scored": scored[0], "clip_pred": clip_pred, "clip_gt": clip_gt,
-                "grad": float(boundary_gradient_error(sc8, gt8, hole).mean()),
+                "grad": float(grad.mean()),
                 "psnr": float(psnr(sc01, gt01)[0]), "ssim": float(ssim(sc01, gt01)[0]),
                 "color_error": float(boundary_color_error(scored, gt, mask, band=self.band)[0]),
                 "hole_fraction": float((mask >= MASK_THRESHOLD).float().mean())}
@@ -405,7 +412,8 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     clip_model, clip_info = build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "grad", "clip", "color_error",
                                                   "hole_fraction")}
-    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band))
+    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band),
+                         official=str(cfg.get("recipe") or "ours") == "official")
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=int(cfg.batch_size), shuffle=False, collate_fn=_collate,
         num_workers=resolve_num_workers(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0))

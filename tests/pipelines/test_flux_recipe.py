@@ -204,3 +204,23 @@ def test_inpaint_script_under_the_official_recipe_reads_grey_masks(pipes, tmp_pa
     want = official(PIL.Image.fromarray(image), mask.astype(np.float32) / 255.0, num_inference_steps=STEPS,
                     generator=_gen(4), output_type="pil").images[0]
     assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "out.png")), np.asarray(want))
+
+
+def test_eval_scores_grad_and_clip_hole_as_the_official_scripts(tmp_path) -> None:
+    """eval.py recipe=official: per-image Grad from cal_grad.py's formula on the prediction file, equal to ours on
+    the (binary) evaluation masks."""
+    from asuka.data.datasets import EvalDataset
+    from asuka.eval.run import _ScoredPairs, load_items, to_uint8
+
+    items = load_items(compose_config("eval", ["experiment=demo"]))[:1]
+    sample = EvalDataset(items, 64)[0]
+    gt8 = to_uint8(sample["image"]).permute(1, 2, 0).numpy()
+    pred8 = np.random.default_rng(0).integers(0, 256, gt8.shape, dtype=np.uint8)
+    PIL.Image.fromarray(pred8).save(tmp_path / "pred.png")
+    mask8 = (sample["mask"][0].numpy() * 255).astype(np.uint8)
+    ours, official = (_ScoredPairs(EvalDataset(items, 64), [tmp_path / "pred.png"], items, True, 4, official=o)[0]
+                      for o in (False, True))
+    assert official["grad"] > 0 and official["grad"] == pytest.approx(
+        official_boundary_gradient_error(pred8, gt8, mask8).mean(), rel=1e-12)
+    assert official["grad"] == pytest.approx(ours["grad"], rel=1e-9) and torch.equal(official["clip_pred"],
+                                                                                      ours["clip_pred"])
