@@ -158,7 +158,7 @@ class SDXLInpaint(SD15Inpaint):
         return ConditionShapes(token_dim=int(cfg.cross_attention_dim), pooled_dim=pooled)
 
     # ---------------------------------------------------------------- stage 2: two heads, as ASUKA-FLUX
-    alignment_heads = {"alignment": "tokens", "alignment_clip": "pooled"}
+    alignment_heads = {"alignment": "alignment", "alignment_clip": "alignment_clip"}  # in an SDXL stage-2 final/
 
     def head_conditions(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Context = the token head's tokens; pooled = the pooled head's tokens averaged (as ASUKA-FLUX's ``vec``)."""
