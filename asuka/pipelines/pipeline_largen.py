@@ -1,9 +1,12 @@
 """LAR-Gen inpainting: a scene, a mask, and a text prompt, a subject image, or both (Locate, Assign, Refine).
 
-Released defaults: DDIM with trailing timesteps, 50 steps, CFG 7.5 with guidance rescale 0.5 (one scale for text
-and image; the unconditional branch has the empty prompt and zeroed CLIP pixels, and no reference); the scene is
-cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the subject is put on
-white, cropped to its mask and padded square. At every step the known region is replaced by the noised source latent.
+Released defaults (scepter ``largen_inference.py``, ``diffusion.py``, ``solvers.py``, ``largen_ui.py``): DDIM with
+trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text and
+image). The unconditional branch has the empty prompt and zeroed CLIP pixels for Assign, but keeps the subject's CLIP
+details and latent for the RefineNet reference. Before every model call the known region is the source latent noised
+to that step with fresh noise (the subject latent likewise, per step and per branch); the mask reaches the latent grid
+by an antialiased resize thresholded at 0.5. The scene is cropped square around the mask (1.3x its box), inpainted at
+the UNet's size and pasted back; the subject is put on white, cropped to its mask and padded square.
 An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
 """
 from __future__ import annotations
@@ -179,46 +182,59 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         decoded result in [-1, 1], known region not yet pasted. Training validation calls it directly."""
         device, dtype = self._execution_device, self.unet.dtype
         do_cfg = guidance_scale > 1.0
+        repeat = 2 if do_cfg else 1
         prompts = ["", prompt] if do_cfg else [prompt]
         text = encode_prompts(self.tokenizer, self.text_encoder, prompts).to(dtype)
-        image_embeds = clip_last = keep = None
+        image_embeds = clip_last = None
         if subject is not None:
+            # Released (largen_inference.py): the unconditional branch zeroes only the Assign input (ref_ip); it keeps
+            # the real subject's CLIP details (ref_detail) and its latent for the RefineNet reference (ref_x0).
             pixels = clip_pixels(subject.to(device), self.image_encoder)
-            if do_cfg:
-                pixels = torch.cat([torch.zeros_like(pixels), pixels])
-            image_embeds, clip_last = image_hidden_states(self.image_encoder, pixels)
-            keep = torch.tensor([0.0, 1.0] if do_cfg else [1.0], device=device)
+            image_embeds, _ = image_hidden_states(self.image_encoder,
+                                                  torch.cat([torch.zeros_like(pixels), pixels]) if do_cfg else pixels)
+            clip_last = image_hidden_states(self.image_encoder, pixels)[1].repeat(repeat, 1, 1)
         image, mask = image.to(device), mask.to(device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latent_shape = (1, self.vae.config.latent_channels, *(s // self.vae_scale_factor for s in image.shape[-2:]))
-        noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-        latents = noise * self.scheduler.init_noise_sigma
-        mask_latent, masked_latents = encode_masked_image(self.vae, image, mask, generator=generator)
+        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        _, masked_latents = encode_masked_image(self.vae, image, mask, generator=generator)
+        mask_latent = released_latent_mask(mask, latent_shape[-2:]).to(dtype)
         source = encode_latents(self.vae, image, generator=generator).to(dtype)
         refine = self.refine if subject is not None else None
         if refine is not None:
             subject_latents = encode_latents(self.vae, subject.to(device), generator=generator).to(dtype)
-            subject_noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-        repeat = 2 if do_cfg else 1
         conditions = [c.to(dtype).repeat(repeat, 1, 1, 1) for c in (mask_latent, masked_latents)]
         timesteps = self.scheduler.timesteps
         step_kwargs = AsukaInpaintPipeline._step_kwargs(self, generator, eta)
         for i, t in enumerate(self.progress_bar(timesteps)):
+            # Locate (released diffusion.py model_fn): before every model call, from the first, the known region is
+            # the source latent noised to t with fresh noise.
+            known = self.scheduler.add_noise(source, randn_tensor(latent_shape, generator=generator, device=device,
+                                                                  dtype=dtype), t.reshape(1))
+            latents = known * (1 - mask_latent) + latents * mask_latent
             model_in = self.scheduler.scale_model_input(latents.repeat(repeat, 1, 1, 1), t)
             bank = None
-            if refine is not None:
-                noisy_subject = self.scheduler.add_noise(subject_latents, subject_noise, t.reshape(1))
-                bank = refine(noisy_subject.repeat(repeat, 1, 1, 1), t, clip_last)
-            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, keep)
+            if refine is not None:  # released: the subject latent noised to t, fresh noise per step and per branch
+                subject_noise = randn_tensor((repeat, *latent_shape[1:]), generator=generator, device=device,
+                                             dtype=dtype)
+                noisy_subject = self.scheduler.add_noise(subject_latents.repeat(repeat, 1, 1, 1), subject_noise,
+                                                         t.reshape(1))
+                bank = refine(noisy_subject, t, clip_last)
+            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None)
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
                 if guidance_rescale > 0:
                     eps = rescale_noise_cfg(eps, cond, guidance_rescale=guidance_rescale)
-            latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-            # Locate: the known region follows the source latent, noised to the next step's level
-            known = source
-            if i < len(timesteps) - 1:
-                known = self.scheduler.add_noise(source, noise, timesteps[i + 1].reshape(1))
-            latents = known * (1 - mask_latent.to(dtype)) + latents * mask_latent.to(dtype)
+            out = self.scheduler.step(eps, t, latents, **step_kwargs)
+            # released DDIM (solvers.py sample_ddim) ends on sigma 0: the last step returns the clean estimate
+            latents = out.pred_original_sample if i == len(timesteps) - 1 else out.prev_sample
         return self._decode(latents, image, mask)
+
+
+def released_latent_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The mask on the latent grid as released LAR-Gen builds it: antialiased bilinear resize, then ``> 0.5``
+    (diffusers' inpainting pipelines take the nearest pixel instead)."""
+    return (F.interpolate(mask.float(), size=tuple(size), mode="bilinear", antialias=True,
+                          align_corners=False) > 0.5).float()
