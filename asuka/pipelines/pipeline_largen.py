@@ -30,7 +30,7 @@ from asuka.data.images import pil_to_tensor, to_gray, to_rgb
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
-from asuka.models.largen.crop import SCENE_CROP_SCALE, mask_box, square_crop_box
+from asuka.models.largen.crop import crop_back, mask_box, pad_square, released_crop_box
 from asuka.models.largen.net import LarGenNet
 from asuka.models.largen.refine import RefineNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
@@ -132,8 +132,10 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         With both a prompt and a subject the hole is the mask's bounding box (released LAR-Gen).
         ``image_scale`` is Assign's lambda (0 ignores the subject's tokens); ``size`` the working resolution (default
         the UNet's); ``crop`` works on the square crop around the mask and pastes the result back into the full
-        image (otherwise the whole image is resized to ``size``). ``paste_back`` keeps the known pixels of the input
-        exactly; without it the whole worked region is the decoder's output (what background metrics should see).
+        image (otherwise the whole image is resized to ``size``), as released: the crop of :func:`released_crop_box`,
+        padded square, resized bilinearly, and put back by :func:`crop_back`. ``paste_back`` (our choice) keeps the
+        known pixels of the input exactly; without it the whole pasted crop is the decoder's output, as released
+        (what background metrics should see).
         """
         scene, mask = preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor)
         if scene.shape[0] != 1:
@@ -146,22 +148,26 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             images = self.image_processor.postprocess(scene, output_type=output_type)
             return ImagePipelineOutput(images=images) if return_dict else (images,)
         height, width = scene.shape[-2:]
-        region = square_crop_box(box, SCENE_CROP_SCALE, width, height) if crop else (0, 0, width, height)
-        x0, y0, x1, y1 = region
+        x0, y0, x1, y1 = released_crop_box(mask[0, 0].numpy() > 0.5) if crop else (0, 0, width, height)
         part, part_mask = scene[..., y0:y1, x0:x1], mask[..., y0:y1, x0:x1]
-        if prompt and subject_image is not None:  # released: text+subject fills the mask's bounding box
-            bx0, by0, bx1, by1 = box
-            part_mask = torch.zeros_like(part_mask)
-            part_mask[..., by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = 1.0
-        work = F.interpolate(part, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-        work_mask = (F.interpolate(part_mask, size=(size, size), mode="nearest") > 0.5).float()
+        if prompt and subject_image is not None:
+            # released use_rectangle_mask: the crop mask's box is filled, except its last row and column (scepter
+            # fills [y1:y2) with y2 the box's last index)
+            bx0, by0, bx1, by1 = mask_box(part_mask[0, 0].numpy() > 0.5)
+            part_mask = part_mask.clone()
+            part_mask[..., by0 : by1 - 1, bx0 : bx1 - 1] = 1.0
+        padded, padded_mask, pads = pad_square(part, part_mask)  # released: a crop cut by the border is padded
+        work = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False)  # cv2.resize linear
+        work_mask = (F.interpolate(padded_mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
         subject = None if subject_image is None else subject_tensor(subject_image, subject_mask, size)
         result = self.sample(work, work_mask, prompt, subject, image_scale, guidance_scale, guidance_rescale,
                              num_inference_steps, generator, eta)
-        result = F.interpolate(result.cpu(), size=(y1 - y0, x1 - x0), mode="bicubic", align_corners=False)
+        patch, (px0, py0, px1, py1) = crop_back(result.cpu().float().clamp(-1, 1), part.shape[-2:], pads)
+        if paste_back:  # our choice: the input's known pixels exactly (released pastes the whole decoded crop)
+            keep = part_mask[..., py0:py1, px0:px1]
+            patch = patch * keep + part[..., py0:py1, px0:px1] * (1 - keep)
         out = scene.clone()
-        result = result.clamp(-1, 1)
-        out[..., y0:y1, x0:x1] = result * part_mask + part * (1 - part_mask) if paste_back else result
+        out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
         images = self.image_processor.postprocess(out, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 

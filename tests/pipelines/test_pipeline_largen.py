@@ -199,3 +199,30 @@ def test_inpaint_needs_a_prompt_or_subject(tmp_path):
                                      f"mask_file={tmp_path}/m.png", f"out={tmp_path}/o.png"])
     with pytest.raises(ConfigError, match="prompt=TEXT, subject=IMAGE, or both"):
         inpaint_largen(cfg)
+
+
+def test_released_zoom_in_crop_near_the_border_is_padded_and_pasted_back(pipe):
+    """scepter largen_ui: box 1.3x, squared, clipped; a crop cut by the border is padded black and, after sampling,
+    pasted back without its padding and 2 more pixels on the padded sides (worked by hand for this mask)."""
+    from asuka.models.largen.crop import crop_back, pad_square, released_crop_box
+
+    mask = np.zeros((64, 104), bool)
+    mask[44:64, 84:94] = True
+    assert released_crop_box(mask) == (76, 40, 100, 64)  # square inside the image
+    mask[:] = False
+    mask[44:64, 94:104] = True
+    assert released_crop_box(mask) == (86, 40, 104, 64)  # 18 wide, 24 high: cut by the right border
+    part, part_mask = torch.rand(1, 3, 24, 18) * 2 - 1, torch.ones(1, 1, 24, 18)
+    padded, padded_mask, pads = pad_square(part, part_mask)
+    assert pads == (3, 3) and torch.equal(padded[..., 3:21], part)
+    assert (padded[..., :3] == -1).all() and (padded_mask[..., 21:] == 0).all()
+    patch, where = crop_back(padded, (24, 18), pads)
+    assert where == (2, 0, 16, 24) and torch.equal(patch, part[..., 2:16])
+
+    scene = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 104, 3), dtype=np.uint8))
+    out = pipe(scene, Image.fromarray(mask.astype(np.uint8) * 255), prompt="a ball", num_inference_steps=1,
+               paste_back=False, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    source = np.asarray(scene).astype(np.float32) / 255
+    changed = np.abs(out - source).max(axis=-1) > 1 / 255 + 1e-6
+    assert changed[40:64, 88:102].mean() > 0.5 and not changed[:, :88].any() and not changed[:, 102:].any()
+    assert not changed[:40].any()
