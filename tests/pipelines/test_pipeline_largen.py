@@ -144,6 +144,12 @@ def test_round_trip_keeps_every_weight_and_the_output(pipe, tmp_path):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert loaded.scheduler.config.timestep_spacing == "trailing"
+    from asuka.pipelines import LarGenInpaintPipeline as exported  # importable as the ASUKA pipelines are
+
+    by_key = build_largen_pipeline(compose_config("inpaint", ["experiment=demo", "method=largen",
+                                                              f"pipeline={tmp_path / 'largen'}"]))
+    assert exported is LarGenInpaintPipeline and isinstance(by_key, exported)  # pipeline= as for ASUKA
+    assert torch.equal(by_key.assign.to_k_ip[0].weight, pipe.assign.to_k_ip[0].weight)
     image, hole = subject()
     _, mask, before = run(pipe, prompt="a kite", subject_image=image, subject_mask=hole)
     _, _, after = run(loaded, prompt="a kite", subject_image=image, subject_mask=hole)
