@@ -86,7 +86,8 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
         )
     pooled = getattr(pipe, "alignment_clip", None)
     if pooled is not None and int(pooled.config.in_dim) != mae_dim:
-        raise ConfigError("model.alignment_clip.in_dim", f"is {pooled.config.in_dim} but the MAE's prior has width {mae_dim}")
+        raise ConfigError("model.alignment_clip.in_dim",
+                          f"is {pooled.config.in_dim} but the MAE's prior has width {mae_dim}")
     if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
 
@@ -140,7 +141,8 @@ def build_pipeline(
         clip_path = cfg.get("alignment_clip")
         if not is_given(clip_path) and is_given(align_path):
             clip_path = Path(os.path.expanduser(str(align_path))).parent / "alignment_clip"
-        alignment_clip = load_alignment_folder(clip_path) if is_given(clip_path) else _tiny_alignment(cfg, "alignment_clip")
+        alignment_clip = (load_alignment_folder(clip_path) if is_given(clip_path)
+                          else _tiny_alignment(cfg, "alignment_clip"))
 
     decoder_path = override_or_path(cfg, "decoder", "decoder")
     if is_given(decoder_path):

@@ -62,7 +62,8 @@ def build_tiny_sdxl(seed: int = 0) -> SDXLComponents:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             sample_size=8, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
             addition_embed_type="text_time", addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=16 + TIME_IDS * 8,
@@ -135,7 +136,8 @@ def predict(unet: UNet2DConditionModel, model_in: torch.Tensor, t: torch.Tensor,
     """The UNet's epsilon for the 9-channel ``model_in`` with the SDXL conditions of a ``pixel_size`` image
     (``kwargs``: e.g. ``cross_attention_kwargs``)."""
     dtype = model_in.dtype
-    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids(*pixel_size, model_in.shape[0], model_in.device, dtype)}
+    ids = time_ids(*pixel_size, model_in.shape[0], model_in.device, dtype)
+    added = {"text_embeds": pooled.to(dtype), "time_ids": ids}
     return unet(model_in, t, encoder_hidden_states=tokens.to(dtype), added_cond_kwargs=added, **kwargs).sample
 
 
