@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean gpu-kit
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled bash scripts/demo.sh
+
+# the wheels a bare GPU machine lacks for our imports (README "Benchmarks and the GPU kit"), into .gpu-kit/
+gpu-kit: $(STAMP)
+	$(PY) scripts/gpu_kit.py
 
 clean:
 	rm -rf $(VENV) outputs
