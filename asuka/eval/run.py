@@ -202,25 +202,9 @@ def load_items(cfg: DictConfig) -> list[Any]:
 
 
 def _build_generator_pipeline(cfg: DictConfig, device: torch.device) -> Any:
-    method = cfg.method.name
-    if method == "flux_fill":
-        from asuka.pipelines.build_flux import build_flux_pipeline, with_flux_model
+    from asuka.pipelines.methods import build_method_pipeline
 
-        pipe = build_flux_pipeline(with_flux_model(cfg), device=device, baseline=True)
-    elif method in ("asuka", "asuka_flux"):
-        from asuka.pipelines.build import build_pipeline
-        from asuka.pipelines.build_flux import with_flux_model
-
-        pipe = build_pipeline(with_flux_model(cfg) if method == "asuka_flux" else cfg, device=device)
-    else:
-        from asuka.pipelines.baselines import load_sd_baseline
-
-        # half precision is for GPUs; on the CPU the baseline runs in float32 whatever model.sd.dtype says
-        dtype = torch.float32 if device.type == "cpu" else None
-        pipe = load_sd_baseline(cfg.paths.sd_inpaint, prompt=str(cfg.method.get("prompt", "")), device=device,
-                                dtype=dtype, sd_cfg=OmegaConf.select(cfg, "model.sd"))
-    if method not in ("asuka_flux", "flux_fill"):  # FLUX pipelines are placed (or CPU-offloaded) by their builder
-        pipe = pipe.to(device)
+    pipe = build_method_pipeline(cfg, device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from asuka.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_image, load_mask
+from asuka.pipelines.methods import flux_kwargs
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
@@ -68,6 +69,10 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     if is_given(cfg.get("pipeline")):
         pipe = load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
         return recipe_for(pipe, str(cfg.get("recipe") or "ours"))
+    if cfg.method.name != "asuka":  # the baselines and ASUKA-FLUX: built from paths.* as eval.py builds them
+        from asuka.pipelines.methods import build_method_pipeline
+
+        return recipe_for(build_method_pipeline(cfg, device), str(cfg.get("recipe") or "ours"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
     return recipe_for(build_pipeline(cfg, device=device), str(cfg.get("recipe") or "ours"))
@@ -118,6 +123,7 @@ def inpaint_one(
     guidance_scale: float = 1.0,
     paste_back: bool = False,
     max_side: int | None = None,
+    call_kwargs: dict | None = None,
 ) -> PIL.Image.Image:
     """Inpaint one RGB image with a bool mask (True = hole; or grey values in [0, 1]); the result has the input's
     size.
@@ -125,6 +131,7 @@ def inpaint_one(
     The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
     ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
     exceeds ``max_side`` is inpainted at that size and the result pasted into the hole of the full-size input.
+    ``call_kwargs`` go to the pipeline as they are (FLUX's ``guidance``, LAR-Gen's ``prompt`` and subject, ...).
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     size = working_size(image.size, max_side)
@@ -139,6 +146,7 @@ def inpaint_one(
         generator=generator,
         output_type="pil",
         paste_back=paste_back,
+        **(call_kwargs or {}),
     ).images[0]
     if out.size != image.size:
         out = out.resize(image.size, PIL.Image.LANCZOS)
@@ -197,6 +205,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
         result = inpaint_one(
             pipe, image, mask, steps, cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
             bool(cfg.get("paste_back", False)), max_side if downscale else None,
+            flux_kwargs(cfg.method.name, cfg.get("guidance"), cfg.get("condition_weight")),
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:
