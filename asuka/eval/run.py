@@ -240,7 +240,8 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
     state = PartialState(cpu=bool(OmegaConf.select(cfg, "trainer.cpu", default=False)))
     device = state.device
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = EvalDataset(items, int(cfg.resolution))
+    official = _official(cfg)
+    dataset = EvalDataset(items, int(cfg.resolution), soft=official)
     with state.split_between_processes(list(range(len(items)))) as mine:
         todo = [i for i in mine if not (out_dir / f"{item_key(items[i].name)}.png").is_file()]
     if state.is_main_process:
@@ -254,8 +255,9 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
             idx = todo[start:start + batch_size]
             samples = [dataset[i] for i in idx]
             images = [tensor_to_pil(s["image"]) for s in samples]
-            masks = [tensor_to_pil((s["mask"] >= MASK_THRESHOLD).float().expand(3, -1, -1) * 2 - 1).convert("L")
-                     for s in samples]
+            # the official recipe keeps grey masks (misato_dataset divides by 255 and never thresholds)
+            masks = [tensor_to_pil((s["mask"] if official else (s["mask"] >= MASK_THRESHOLD).float())
+                                   .expand(3, -1, -1) * 2 - 1).convert("L") for s in samples]
             gens = [torch.Generator("cpu").manual_seed(int(cfg.seed) + i) for i in idx]
             out = pipe(image=images, mask_image=masks, num_inference_steps=int(cfg.num_inference_steps),
                        generator=gens, output_type="pil")
@@ -330,10 +332,18 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _official(cfg: DictConfig) -> bool:
+    """``recipe=official``: grey masks kept, Grad and the CLIP hole as the released scripts (ASUKA-FLUX only)."""
+    return str(cfg.get("recipe") or "ours") == "official"
+
+
 def _validate(cfg: DictConfig) -> None:
     method = cfg.method.get("name")
     if method not in METHODS:
         raise ConfigError("method.name", f"{method!r}: expected one of {', '.join(METHODS)}")
+    if _official(cfg) and method not in ("asuka_flux", "flux_fill", "predictions"):
+        raise ConfigError("recipe", f"'official' is the released ASUKA-FLUX script's recipe (method=asuka_flux, "
+                                    f"flux_fill, or predictions made by it), not method={method}")
     if method == "predictions" and not cfg.get("predictions_dir"):
         raise ConfigError("predictions_dir", "method=predictions needs predictions_dir=<folder of inpainted images>")
     if int(cfg.resolution) <= 0:
@@ -396,8 +406,9 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     clip_model, clip_info = build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "grad", "clip", "color_error",
                                                   "hole_fraction")}
-    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band),
-                         official=str(cfg.get("recipe") or "ours") == "official")
+    official = _official(cfg)
+    pairs = _ScoredPairs(EvalDataset(items, res, soft=official), pred_paths, items, use_composite, int(m.band),
+                         official=official)
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=int(cfg.batch_size), shuffle=False, collate_fn=_collate,
         num_workers=resolve_num_workers(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0))

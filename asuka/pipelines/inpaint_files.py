@@ -78,16 +78,6 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     return recipe_for(build_pipeline(cfg, device=device), str(cfg.get("recipe") or "ours"))
 
 
-def read_mask(path: Path, soft: bool) -> np.ndarray:
-    """The mask file as bool (hole = gray >= 128), or with ``soft`` its gray values / 255 (the official recipe keeps
-    grey masks, as ``misato_dataset`` reads them); the file is checked by :func:`load_mask` either way."""
-    hole = load_mask(path)
-    if not soft:
-        return hole
-    with PIL.Image.open(path) as img:
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-
-
 def recipe_for(pipe: "AsukaInpaintPipeline", recipe: str) -> "AsukaInpaintPipeline":
     """``recipe=`` applied to an ASUKA-FLUX pipeline; the other pipelines only have ``ours``."""
     from asuka.pipelines.build_flux import with_recipe
@@ -195,7 +185,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     written = []
     for k, ((image_path, mask_path, out_path), size) in enumerate(zip(pairs, sizes), start=1):
         image = load_image(image_path)
-        mask = read_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
+        mask = load_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
         if pipe is None:  # after the first files are read, so a bad input fails fast, before any model loads
             pipe = _pipeline(cfg, device)
             pipe.set_progress_bar_config(leave=False, desc="steps")
