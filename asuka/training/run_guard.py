@@ -186,8 +186,7 @@ def prepare_run_dir(
     else:
         check_resume(cfg, path, world_size, effective_batch)
         if is_main:
-            if resume != "latest":
-                set_aside_newer(path, run_dir)
+            set_aside_newer(path, run_dir)  # a rollback by path, or resume=latest passing over a damaged newest
             trim_metrics(run_dir, ckpt.step_of(path))
     barrier()
     return path

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from asuka.training import checkpoint as ckpt
 from asuka.training.engine import fit
@@ -314,3 +316,30 @@ def test_a_worker_dies_with_a_sigkilled_torchrun_during_start_up(tmp_path):
             time.sleep(0.2)
     finally:
         launcher.kill()
+
+
+@pytest.mark.parametrize("damage", ["torn_state", "torn_config", "truncated_weights"])
+def test_resume_latest_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, damage):
+    """The newest checkpoint torn (trainer_state.json, config.yaml) or its safetensors truncated: resume=latest
+    continues from the one before, saying so, and ends exactly where a straight run ends; naming the damaged one
+    explicitly is one line."""
+    straight = fit(toy_config(max_steps=6, keep_checkpoints=5), ToyStage, tmp_path / "straight")
+    run = tmp_path / "run"
+    fit(toy_config(max_steps=6, keep_checkpoints=5), ToyStage, run)
+    newest = run / "checkpoints/checkpoint-6"
+    if damage == "torn_state":
+        (newest / ckpt.STATE_FILE).write_text('{"step": 6, "dat')
+    elif damage == "torn_config":
+        (newest / "config.yaml").write_text("model: {width: [8,\n")
+    else:
+        weights = newest / "net/model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-7])
+    assert ckpt.resolve_resume("latest", run / "checkpoints").name == "checkpoint-4"
+    assert "checkpoint-6 is damaged" in caplog.text
+    with pytest.raises(AsukaError, match=r"checkpoint-6 is damaged"):
+        ckpt.resolve_resume(str(newest), run / "checkpoints")
+    out = fit(toy_config(max_steps=6, keep_checkpoints=5, resume="latest"), ToyStage, run)
+    assert out["finished"] and out["step"] == 6 and straight["step"] == 6
+    assert sorted(p.name for p in next((run / "abandoned").iterdir()).iterdir())[0] == "checkpoint-6"  # kept aside
+    a, b = (load_file(str(d / "final/net/model.safetensors")) for d in (tmp_path / "straight", run))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
