@@ -20,7 +20,7 @@ from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
 from asuka.models.frozen import resolve_dtype
-from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
+from asuka.models.sd import build_inference_scheduler
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
@@ -50,13 +50,13 @@ def load_alignment_folder(path: Any) -> AlignmentModule:
         raise AsukaError(f"{folder}: cannot load the alignment module ({str(exc).splitlines()[0]})") from None
 
 
-def _tiny_alignment(cfg: DictConfig) -> AlignmentModule:
+def _tiny_alignment(cfg: DictConfig, name: str = "alignment") -> AlignmentModule:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(TINY_SEED + (name == "alignment_clip"))
         try:
-            return AlignmentModule(**model_block(cfg, "alignment")).eval()
+            return AlignmentModule(**model_block(cfg, name)).eval()
         except TypeError as exc:
-            raise ConfigError("model.alignment", str(exc)) from None
+            raise ConfigError(f"model.{name}", str(exc)) from None
 
 
 def load_decoder_folder(path: Any):
@@ -84,6 +84,10 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
             "model.alignment.out_dim",
             f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}",
         )
+    pooled = getattr(pipe, "alignment_clip", None)
+    if pooled is not None and int(pooled.config.in_dim) != mae_dim:
+        raise ConfigError("model.alignment_clip.in_dim",
+                          f"is {pooled.config.in_dim} but the MAE's prior has width {mae_dim}")
     if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
 
@@ -130,7 +134,15 @@ def build_pipeline(
         )
     mae = load_frozen_mae(cfg, mae_path)
     alignment = load_alignment_folder(align_path) if is_given(align_path) else _tiny_alignment(cfg)
-    sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device="cpu")
+    backbone = backbone_for(cfg.model)
+    sd = backbone.load(cfg.model[backbone.config_key], override_or_path(cfg, backbone.config_key, backbone.paths_key))
+    alignment_clip = None  # SDXL's pooled head: alignment_clip=, else stage 2's final/alignment_clip next to the other
+    if "alignment_clip" in backbone.alignment_heads:
+        clip_path = cfg.get("alignment_clip")
+        if not is_given(clip_path) and is_given(align_path):
+            clip_path = Path(os.path.expanduser(str(align_path))).parent / "alignment_clip"
+        alignment_clip = (load_alignment_folder(clip_path) if is_given(clip_path)
+                          else _tiny_alignment(cfg, "alignment_clip"))
 
     decoder_path = override_or_path(cfg, "decoder", "decoder")
     if is_given(decoder_path):
@@ -150,6 +162,7 @@ def build_pipeline(
         mae=mae,
         alignment=alignment,
         decoder=decoder,
+        alignment_clip=alignment_clip,
     )
     check_compatible(pipe)
     return freeze_pipeline(pipe).to(device)
