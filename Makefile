@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= "torch>=2.3,<2.14,!=2.13.0+cpu" "torchvision>=0.18,<0.29"
 TORCH_EXTRA_ARGS ?=
 
-.PHONY: test demo install clean clean-outputs
+.PHONY: test demo install clean clean-outputs gpu-kit app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,19 @@ install: $(STAMP)
 test: $(STAMP)
 	# one process per core (at most 4: several tests start 2-process runs of their own); each uses one thread;
 	# an idle worker takes queued tests from a busy one (worksteal), so the long script tests do not end the run alone
-	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
+	# -rs: a skipped test says why in one line (the browser test without a chromium, say)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -rs -n auto --maxprocesses 4 --dist worksteal
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled bash scripts/demo.sh
+
+# the interactive demo on http://127.0.0.1:7860 (tiny random models offline; README "The interactive demo")
+app: $(STAMP)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled GRADIO_ANALYTICS_ENABLED=False $(PY) scripts/app.py $(ARGS)
+
+# the wheels a bare GPU machine lacks for our imports (README "Benchmarks and the GPU kit"), into .gpu-kit/
+gpu-kit: $(STAMP)
+	$(PY) scripts/gpu_kit.py
 
 # the venv and caches only; training runs and checkpoints in outputs/ stay (make clean-outputs CONFIRM=1)
 clean:

@@ -80,8 +80,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path}: cannot convert image mode {img.mode} to RGB ({exc})") from None
 
 
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first).
+def load_mask(path: str | os.PathLike, soft: bool = False) -> np.ndarray:
+    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first), or
+    with ``soft`` as its gray values / 255 in float32 (the official ASUKA recipe keeps grey masks, as its
+    ``misato_dataset`` reads them).
 
     Two files that would silently mean "no hole" are refused by name: integer values that are only 0 and 1 (a 0/1
     mask saved as 8 or 16 bits), and transparency (which convention it follows, hole = opaque or hole = transparent,
@@ -99,7 +101,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     if top == 1:
         raise DataError(f"{path}: mask values are only 0 and 1, so no pixel would be a hole (holes are >= 128 of 255); "
                         "save the hole as 255")
-    return gray >= 128
+    return np.asarray(gray, dtype=np.float32) / 255.0 if soft else gray >= 128
 
 
 def read_image_header(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
@@ -132,13 +134,14 @@ def _ends_with(path: str | os.PathLike, tail: bytes) -> bool:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image to a float [3, H, W] tensor in [-1, 1] (the package's image convention), ``u / 127.5 - 1`` in
-    float32; the bytes are cast and divided in one pass into torch-allocated H x W x 3 memory, with no extra copy."""
+    float32; the bytes are cast and divided in one pass into torch-allocated contiguous 3 x H x W memory (a
+    channels-last view would run other conv kernels, with other floats, in every model it reaches)."""
     import torch
 
     arr = np.asarray(img if img.mode == "RGB" else to_rgb(img), dtype=np.uint8)
-    out = torch.empty(arr.shape, dtype=torch.float32)
-    np.divide(arr, np.float32(127.5), out=out.numpy(), dtype=np.float32)
-    return out.sub_(1.0).permute(2, 0, 1)
+    out = torch.empty((arr.shape[2], arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    np.divide(arr.transpose(2, 0, 1), np.float32(127.5), out=out.numpy(), dtype=np.float32)
+    return out.sub_(1.0)
 
 
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:

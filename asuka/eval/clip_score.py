@@ -9,7 +9,8 @@ How it differs from the released ``eval/cal_clip_score.py``: that script builds 
 normalised embeddings, then averages each embedding over its feature axis (``torch.mean(feats, axis=1)``), which
 leaves one number per image, and takes ``(pred @ gt.T).diagonal()`` of those 1-D vectors, which fails (and with the
 last partial batch its ``[:bs]`` split is wrong too). So its column cannot be re-run; the cosine similarity of the
-full embeddings is our reading of "CLIP similarity". Weights: a transformers folder of ``openai/clip-vit-large-patch14``
+full embeddings is our reading of "CLIP similarity". Its hole is ``mask // 255`` of the 8-bit mask
+(:func:`official_hole`: only pure white is hole; ours: >= 128), which differs from ours on grey masks only. Weights: a transformers folder of ``openai/clip-vit-large-patch14``
 (``paths.clip``), the same weights as the ``ViT-L-14.pt`` the script loads; ``weights=random`` builds a tiny random
 tower (plumbing only).
 """
@@ -39,13 +40,18 @@ def clip_preprocess(image: np.ndarray) -> torch.Tensor:
     left, top = int(round((nw - CLIP_SIZE) / 2.0)), int(round((nh - CLIP_SIZE) / 2.0))
     img = img.crop((left, top, left + CLIP_SIZE, top + CLIP_SIZE))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    return ((x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]).contiguous()
 
 
 def hole_pair(pred: np.ndarray, gt: np.ndarray, hole: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The two CLIP inputs of one image: ``pred * hole`` and ``gt * hole`` (``HxWx3`` uint8, ``hole`` HxW bool)."""
     m = hole[..., None].astype(np.uint8)
     return clip_preprocess(pred * m), clip_preprocess(gt * m)
+
+
+def official_hole(mask: np.ndarray) -> np.ndarray:
+    """``HxW`` bool hole of an 8-bit grey mask as ``eval/cal_clip_score.py`` takes it: ``mask // 255``."""
+    return (np.asarray(mask, dtype=np.uint8) // 255).astype(bool)
 
 
 def clip_weights_folder(folder: str | os.PathLike | None) -> Path:

@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.eval import features as feats_mod
-from asuka.eval.clip_score import build_clip, clip_similarity, clip_weights_folder, hole_pair
-from asuka.eval.grad import boundary_gradient_error
+from asuka.eval.clip_score import build_clip, clip_similarity, clip_weights_folder, hole_pair, official_hole
+from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_error
 from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
@@ -123,9 +123,10 @@ class _ScoredPairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, pred_paths: Sequence[Path], items: Sequence[Any],
-                 use_composite: bool, band: int) -> None:
+                 use_composite: bool, band: int, official: bool = False) -> None:
         self.dataset, self.pred_paths, self.items = dataset, list(pred_paths), list(items)
         self.use_composite, self.band = use_composite, band
+        self.official = official  # recipe=official: Grad and the CLIP hole as cal_grad.py / cal_clip_score.py
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -153,9 +154,15 @@ class _ScoredPairs(torch.utils.data.Dataset):
         gt01, sc01 = (gt + 1) / 2, (scored + 1) / 2
         hole = (mask[0, 0] >= MASK_THRESHOLD).numpy()
         gt8, sc8 = (to_uint8(t[0]).permute(1, 2, 0).numpy() for t in (gt, scored))
+        if self.official:
+            mask8 = (mask[0, 0] * 255).round().to(torch.uint8).numpy()
+            hole = official_hole(mask8)
+            grad = official_boundary_gradient_error(to_uint8(pred[0]).permute(1, 2, 0).numpy(), gt8, mask8)
+        else:
+            grad = boundary_gradient_error(sc8, gt8, hole)
         clip_pred, clip_gt = hole_pair(sc8, gt8, hole)
         return {"index": index, "gt": gt[0], "scored": scored[0], "clip_pred": clip_pred, "clip_gt": clip_gt,
-                "grad": float(boundary_gradient_error(sc8, gt8, hole).mean()),
+                "grad": float(grad.mean()),
                 "psnr": float(psnr(sc01, gt01)[0]), "ssim": float(ssim(sc01, gt01)[0]),
                 "color_error": float(boundary_color_error(scored, gt, mask, band=self.band)[0]),
                 "hole_fraction": float((mask >= MASK_THRESHOLD).float().mean())}
@@ -195,25 +202,9 @@ def load_items(cfg: DictConfig) -> list[Any]:
 
 
 def _build_generator_pipeline(cfg: DictConfig, device: torch.device) -> Any:
-    method = cfg.method.name
-    if method == "flux_fill":
-        from asuka.pipelines.build_flux import build_flux_pipeline, with_flux_model
+    from asuka.pipelines.methods import build_method_pipeline
 
-        pipe = build_flux_pipeline(with_flux_model(cfg), device=device, baseline=True)
-    elif method in ("asuka", "asuka_flux"):
-        from asuka.pipelines.build import build_pipeline
-        from asuka.pipelines.build_flux import with_flux_model
-
-        pipe = build_pipeline(with_flux_model(cfg) if method == "asuka_flux" else cfg, device=device)
-    else:
-        from asuka.pipelines.baselines import load_sd_baseline
-
-        # half precision is for GPUs; on the CPU the baseline runs in float32 whatever model.sd.dtype says
-        dtype = torch.float32 if device.type == "cpu" else None
-        pipe = load_sd_baseline(cfg.paths.sd_inpaint, prompt=str(cfg.method.get("prompt", "")), device=device,
-                                dtype=dtype, sd_cfg=OmegaConf.select(cfg, "model.sd"))
-    if method not in ("asuka_flux", "flux_fill"):  # FLUX pipelines are placed (or CPU-offloaded) by their builder
-        pipe = pipe.to(device)
+    pipe = build_method_pipeline(cfg, device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -249,7 +240,8 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
     state = PartialState(cpu=bool(OmegaConf.select(cfg, "trainer.cpu", default=False)))
     device = state.device
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = EvalDataset(items, int(cfg.resolution))
+    official = _official(cfg)
+    dataset = EvalDataset(items, int(cfg.resolution), soft=official)
     with state.split_between_processes(list(range(len(items)))) as mine:
         todo = [i for i in mine if not (out_dir / f"{item_key(items[i].name)}.png").is_file()]
     if state.is_main_process:
@@ -263,8 +255,9 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
             idx = todo[start:start + batch_size]
             samples = [dataset[i] for i in idx]
             images = [tensor_to_pil(s["image"]) for s in samples]
-            masks = [tensor_to_pil((s["mask"] >= MASK_THRESHOLD).float().expand(3, -1, -1) * 2 - 1).convert("L")
-                     for s in samples]
+            # the official recipe keeps grey masks (misato_dataset divides by 255 and never thresholds)
+            masks = [tensor_to_pil((s["mask"] if official else (s["mask"] >= MASK_THRESHOLD).float())
+                                   .expand(3, -1, -1) * 2 - 1).convert("L") for s in samples]
             gens = [torch.Generator("cpu").manual_seed(int(cfg.seed) + i) for i in idx]
             out = pipe(image=images, mask_image=masks, num_inference_steps=int(cfg.num_inference_steps),
                        generator=gens, output_type="pil")
@@ -339,10 +332,18 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _official(cfg: DictConfig) -> bool:
+    """``recipe=official``: grey masks kept, Grad and the CLIP hole as the released scripts (ASUKA-FLUX only)."""
+    return str(cfg.get("recipe") or "ours") == "official"
+
+
 def _validate(cfg: DictConfig) -> None:
     method = cfg.method.get("name")
     if method not in METHODS:
         raise ConfigError("method.name", f"{method!r}: expected one of {', '.join(METHODS)}")
+    if _official(cfg) and method not in ("asuka_flux", "flux_fill", "predictions"):
+        raise ConfigError("recipe", f"'official' is the released ASUKA-FLUX script's recipe (method=asuka_flux, "
+                                    f"flux_fill, or predictions made by it), not method={method}")
     if method == "predictions" and not cfg.get("predictions_dir"):
         raise ConfigError("predictions_dir", "method=predictions needs predictions_dir=<folder of inpainted images>")
     if int(cfg.resolution) <= 0:
@@ -405,7 +406,9 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     clip_model, clip_info = build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "grad", "clip", "color_error",
                                                   "hole_fraction")}
-    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band))
+    official = _official(cfg)
+    pairs = _ScoredPairs(EvalDataset(items, res, soft=official), pred_paths, items, use_composite, int(m.band),
+                         official=official)
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=int(cfg.batch_size), shuffle=False, collate_fn=_collate,
         num_workers=resolve_num_workers(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0))

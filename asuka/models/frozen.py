@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_CONFIG_FILES = {"scheduler": "scheduler_config.json"}  # every other part has a config.json
+_CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json",
+                 "tokenizer_2": "tokenizer_config.json"}  # every other part has a config.json
 
 
 def resolve_dtype(value: str | torch.dtype | None, key: str = "model.sd.dtype") -> torch.dtype:
@@ -92,7 +93,8 @@ def _read_pretrained(spec: FrozenModelSpec, path: Any, parts: tuple[str, ...], d
         log.warning("reading %s from the Hugging Face hub%s", path,
                     " cache (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else " (downloads what is not cached)")
     hint = f"{spec.layout} as {spec.paths_key}{spec.hub_note}"
-    loaded = {p: from_pretrained(spec.classes[p], path, p, hint, **({} if p == "scheduler" else {"torch_dtype": dtype}))
+    loaded = {p: from_pretrained(spec.classes[p], path, p, hint,
+                                 **({"torch_dtype": dtype} if issubclass(spec.classes[p], torch.nn.Module) else {}))
               for p in parts}
     part, channels, what = spec.in_channels
     model = loaded.get(part)

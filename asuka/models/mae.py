@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -33,28 +34,13 @@ def _area_weights(n: int, m: int) -> torch.Tensor:
     return (torch.minimum(start + scale, src + 1) - torch.maximum(start, src)).clamp(min=0) / scale
 
 
-def _area_zoom_weights(n: int, m: int) -> torch.Tensor:
-    """``[m, n]`` two-tap weights cv2 ``INTER_AREA`` uses when an axis grows (``resize.cpp``, ``area_mode``), in its
-    11-bit fixed point (integers summing to 2048)."""
-    scale = n / m
-    i = torch.arange(m, dtype=torch.float64)
-    left = torch.floor(i * scale)
-    frac = (i + 1) - (left + 1) * (m / n)
-    frac = torch.where(frac <= 0, torch.zeros_like(frac), frac - torch.floor(frac)).float().double()
-    weights = torch.zeros(m, n, dtype=torch.float64)
-    rows = torch.arange(m)
-    weights.index_put_((rows, left.long().clamp(max=n - 1)), 1 - frac, accumulate=True)
-    weights.index_put_((rows, (left.long() + 1).clamp(max=n - 1)), frac, accumulate=True)
-    return torch.round(weights * 2048)
-
-
 def cv2_area_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     """``cv2.resize(uint8 image, (size, size), interpolation=INTER_AREA)`` in torch: ``image [B, C, H, W]`` in
     [0, 255] -> ``[B, C, size, size]`` on the 8-bit grid (cv2 resizes uint8 images to uint8).
 
     Shrinking (both sides >= size) is exact area averaging with cv2's rounding (half up for its 2x2 fast path, half
-    to even otherwise); growing uses cv2's two-tap fixed-point coefficients (equal to cv2 up to one level on some
-    pixels). cv2 is not a dependency.
+    to even otherwise), on any device. Growing calls cv2 itself (on the CPU): its 8-bit ``INTER_AREA`` zoom rounds in
+    two fixed-point steps that a float emulation misses by one level on some pixels (6,008 of 196,608 at 96x80).
     """
     h, w = image.shape[-2:]
     x = image.double()
@@ -69,8 +55,11 @@ def cv2_area_resize(image: torch.Tensor, size: int) -> torch.Tensor:
         else:
             out = torch.round(_area_weights(h, size).to(x.device) @ x @ _area_weights(w, size).to(x.device).T)
     else:
-        wy, wx = _area_zoom_weights(h, size).to(x.device), _area_zoom_weights(w, size).to(x.device)
-        out = torch.floor((wy @ x @ wx.T + 2**21) / 2**22)
+        import cv2
+
+        u8 = image.detach().round().clamp(0, 255).to("cpu", torch.uint8).reshape(-1, h, w).numpy()
+        out = torch.from_numpy(np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in u8]))
+        out = out.reshape(*image.shape[:-2], size, size).to(image.device, torch.float64)
     return out.clamp(0, 255).to(image.dtype)
 
 

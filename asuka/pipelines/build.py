@@ -18,7 +18,7 @@ from asuka.models.alignment import AlignmentModule
 from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.models.sd import build_inference_scheduler, load_sd_inpaint
+from asuka.models.sd import build_inference_scheduler
 from asuka.pipelines.loading import (check_compatible, freeze_pipeline, load_alignment_folder, load_decoder_folder,
                                      load_pipeline, model_block, override_or_path)
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
@@ -28,13 +28,13 @@ from asuka.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _tiny_alignment(cfg: DictConfig) -> AlignmentModule:
+def _tiny_alignment(cfg: DictConfig, name: str = "alignment") -> AlignmentModule:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(TINY_SEED + (name == "alignment_clip"))
         try:
-            return AlignmentModule(**model_block(cfg, "alignment")).eval()
+            return AlignmentModule(**model_block(cfg, name)).eval()
         except TypeError as exc:
-            raise ConfigError("model.alignment", str(exc)) from None
+            raise ConfigError(f"model.{name}", str(exc)) from None
 
 
 def build_pipeline(
@@ -70,7 +70,15 @@ def build_pipeline(
         )
     mae = load_frozen_mae(cfg, mae_path)
     alignment = load_alignment_folder(align_path) if is_given(align_path) else _tiny_alignment(cfg)
-    sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device="cpu")
+    backbone = backbone_for(cfg.model)
+    sd = backbone.load(cfg.model[backbone.config_key], override_or_path(cfg, backbone.config_key, backbone.paths_key))
+    alignment_clip = None  # SDXL's pooled head: alignment_clip=, else stage 2's final/alignment_clip next to the other
+    if "alignment_clip" in backbone.alignment_heads:
+        clip_path = cfg.get("alignment_clip")
+        if not is_given(clip_path) and is_given(align_path):
+            clip_path = Path(os.path.expanduser(str(align_path))).parent / "alignment_clip"
+        alignment_clip = (load_alignment_folder(clip_path) if is_given(clip_path)
+                          else _tiny_alignment(cfg, "alignment_clip"))
 
     decoder_path = override_or_path(cfg, "decoder", "decoder")
     if is_given(decoder_path):
@@ -90,6 +98,7 @@ def build_pipeline(
         mae=mae,
         alignment=alignment,
         decoder=decoder,
+        alignment_clip=alignment_clip,
     )
     check_compatible(pipe)
     return freeze_pipeline(pipe).to(device)

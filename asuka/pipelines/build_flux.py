@@ -3,6 +3,8 @@
 
 ``paths.asuka_flux`` is the converted folder; its parts can be overridden one by one (``mae=``, ``alignment=``,
 ``alignment_clip=``, ``decoder=``, ``conditions=``). ``model=flux_tiny`` builds every missing part at random.
+``recipe=official|ours`` (top-level key, default ours) selects the released script's recipe
+(:mod:`asuka.pipelines.pipeline_asuka_flux`), including its fill encoder: the ``encoder.*`` of ``asuka_decoder.ckpt``.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from asuka.models.alignment import AlignmentModule
 from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.backbones.flux import GUIDANCE, FluxFill, load_flux_fill
-from asuka.models.backbones.flux_released import converted_part, flux_conditions, use_part
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
+from asuka.models.backbones.flux_released import converted_part, flux_conditions, use_part
 from asuka.pipelines.loading import (check_flux_compatible, freeze_pipeline, load_alignment_folder, load_decoder_folder,
                                      load_pipeline, model_block)
-from asuka.pipelines.pipeline_asuka_flux import CONDITION_WEIGHT, AsukaFluxFillPipeline
+from asuka.pipelines.pipeline_asuka_flux import CONDITION_WEIGHT, AsukaFluxFillPipeline, check_recipe
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError
 
@@ -50,10 +52,12 @@ def _decoder(cfg: DictConfig, vae: Any, tiny: bool, random_decoder: bool) -> Any
 def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", random_decoder: bool = False,
                         baseline: bool = False, folder: Any = None) -> AsukaFluxFillPipeline:
     """ASUKA-FLUX (or, with ``baseline``, FLUX.1-Fill-dev with the stored prompt and its AE) from config, or the
-    exported pipeline ``folder``; placed on ``device`` with ``model.flux.offload``."""
+    exported pipeline ``folder``; placed on ``device`` with ``model.flux.offload``, under ``cfg.recipe``."""
     offload = str(cfg.model.flux.get("offload", "none"))
+    recipe = check_recipe(cfg.get("recipe") or "ours")
     if folder is not None:
-        return place(load_pipeline(folder, device="cpu", dtype=cfg.model.flux.get("dtype")), device, offload)
+        pipe = load_pipeline(folder, device="cpu", dtype=cfg.model.flux.get("dtype"))
+        return place(with_recipe(pipe, recipe), device, offload)
     tiny = is_tiny(cfg)
     if not tiny:  # every ASUKA part is found before the 12B transformer loads
         needed = ("conditions",) if baseline else ("mae", "alignment", "alignment_clip", "conditions")
@@ -80,7 +84,33 @@ def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", ran
                                  condition_weight=float(cfg.model.get("condition_weight", CONDITION_WEIGHT)),
                                  guidance=float(cfg.model.get("guidance", GUIDANCE)), **parts)
     check_flux_compatible(pipe)
-    return place(freeze_pipeline(pipe), device, offload)
+    return place(freeze_pipeline(with_recipe(pipe, recipe)), device, offload)
+
+
+def with_recipe(pipe: AsukaFluxFillPipeline, recipe: str) -> AsukaFluxFillPipeline:
+    """``pipe`` under ``recipe``. ``official`` with an ASUKA decoder also encodes the fill with the decoder's
+    ``encoder`` (the release's: test_asuka_flux.py loads ``encoder.*`` of asuka_decoder.ckpt over the FLUX AE). A
+    pipeline saved under ``official`` (bf16 prior, replaced encoder) cannot go back to ``ours``."""
+    if recipe == pipe.config.recipe:
+        return pipe
+    if pipe.config.recipe == "official":
+        raise ConfigError("recipe", "this pipeline was saved with recipe=official (bf16 MAE and heads, the "
+                                    "release's encoder); rebuild it from the converted folder for recipe=ours")
+    if pipe.decoder is not None:
+        use_release_encoder(pipe.vae, pipe.decoder)
+    return AsukaFluxFillPipeline(**pipe.components, condition_weight=pipe.config.condition_weight,
+                                 guidance=pipe.config.guidance, recipe=recipe)
+
+
+def use_release_encoder(vae: Any, decoder: Any) -> None:
+    """Load the ASUKA decoder's AE encoder (the converted ``encoder.*`` of asuka_decoder.ckpt) into ``vae``."""
+    theirs = decoder.encoder.state_dict()
+    ours = vae.encoder.state_dict()
+    bad = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
+    if bad or len(theirs) != len(ours):
+        raise ConfigError("model.decoder", f"the decoder's encoder does not fit the FLUX AE encoder ({len(bad)} "
+                                           f"keys differ, e.g. {bad[:1]})")
+    vae.encoder.load_state_dict({k: v.to(ours[k].dtype) for k, v in theirs.items()})
 
 
 OFFLOAD = ("none", "model", "sequential")

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from asuka.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_image, load_mask
+from asuka.pipelines.methods import flux_kwargs
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
@@ -66,10 +67,28 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     from asuka.pipelines.build import build_pipeline, load_pipeline
 
     if is_given(cfg.get("pipeline")):
-        return load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
+        pipe = load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
+        return recipe_for(pipe, str(cfg.get("recipe") or "ours"))
+    if cfg.method.name != "asuka":  # the baselines and ASUKA-FLUX: built from paths.* as eval.py builds them
+        from asuka.pipelines.methods import build_method_pipeline
+
+        return recipe_for(build_method_pipeline(cfg, device), str(cfg.get("recipe") or "ours"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
-    return build_pipeline(cfg, device=device)
+    return recipe_for(build_pipeline(cfg, device=device), str(cfg.get("recipe") or "ours"))
+
+
+def recipe_for(pipe: "AsukaInpaintPipeline", recipe: str) -> "AsukaInpaintPipeline":
+    """``recipe=`` applied to an ASUKA-FLUX pipeline; the other pipelines only have ``ours``."""
+    from asuka.pipelines.build_flux import with_recipe
+    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline, check_recipe
+
+    if isinstance(pipe, AsukaFluxFillPipeline):
+        return with_recipe(pipe, check_recipe(recipe))
+    if recipe != "ours":
+        raise ConfigError("recipe", f"'{recipe}' is for the ASUKA-FLUX pipeline only; this one is "
+                                    f"{type(pipe).__name__}")
+    return pipe
 
 
 def working_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -94,12 +113,15 @@ def inpaint_one(
     guidance_scale: float = 1.0,
     paste_back: bool = False,
     max_side: int | None = None,
+    call_kwargs: dict | None = None,
 ) -> PIL.Image.Image:
-    """Inpaint one RGB image with a bool mask (True = hole); the result has the input's size.
+    """Inpaint one RGB image with a bool mask (True = hole; or grey values in [0, 1]); the result has the input's
+    size.
 
     The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
     ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
     exceeds ``max_side`` is inpainted at that size and the result pasted into the hole of the full-size input.
+    ``call_kwargs`` go to the pipeline as they are (FLUX's ``guidance``, LAR-Gen's ``prompt`` and subject, ...).
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     size = working_size(image.size, max_side)
@@ -114,6 +136,7 @@ def inpaint_one(
         generator=generator,
         output_type="pil",
         paste_back=paste_back,
+        **(call_kwargs or {}),
     ).images[0]
     if out.size != image.size:
         out = out.resize(image.size, PIL.Image.LANCZOS)
@@ -162,7 +185,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     written = []
     for k, ((image_path, mask_path, out_path), size) in enumerate(zip(pairs, sizes), start=1):
         image = load_image(image_path)
-        mask = load_mask(mask_path)
+        mask = load_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
         if pipe is None:  # after the first files are read, so a bad input fails fast, before any model loads
             pipe = _pipeline(cfg, device)
             pipe.set_progress_bar_config(leave=False, desc="steps")
@@ -172,6 +195,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
         result = inpaint_one(
             pipe, image, mask, steps, cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
             bool(cfg.get("paste_back", False)), max_side if downscale else None,
+            flux_kwargs(cfg.method.name, cfg.get("guidance"), cfg.get("condition_weight")),
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -90,9 +90,11 @@ def inference_scheduler(scheduler_config: Any) -> DDIMScheduler:
 
 
 def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -> LarGenInpaintPipeline:
-    """An exported folder (``largen.pipeline``) as is, else the pipeline assembled from the parts."""
-    if is_given(cfg.largen.get("pipeline")):
-        return load_largen_pipeline(cfg.largen.pipeline, device)
+    """An exported folder (``pipeline=``, as for ASUKA; ``largen.pipeline=`` is an alias) as is, else the pipeline
+    assembled from the parts."""
+    folder = cfg.largen.get("pipeline") if is_given(cfg.largen.get("pipeline")) else cfg.get("pipeline")
+    if is_given(folder):
+        return load_largen_pipeline(folder, device)
     if not is_tiny(cfg) and not is_given(cfg.largen.get("unet")):
         raise ConfigError("largen.unet", "LAR-Gen needs its trained UNet (stage A final/unet)")
     parts = load_parts(cfg)

@@ -66,6 +66,10 @@ def check_compatible(pipe: AsukaInpaintPipeline) -> None:
             "model.alignment.out_dim",
             f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}",
         )
+    pooled = getattr(pipe, "alignment_clip", None)
+    if pooled is not None and int(pooled.config.in_dim) != mae_dim:
+        raise ConfigError("model.alignment_clip.in_dim",
+                          f"is {pooled.config.in_dim} but the MAE's prior has width {mae_dim}")
     if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
 

@@ -7,11 +7,19 @@ condition from the masked image) -> the ASUKA decoder. With ``decoder=None`` and
 diffusers' ``FluxFillPipeline`` fed ``prompt_embeds``/``pooled_prompt_embeds`` = the aligned prior and the same
 latents (a test holds us to that). Without an MAE the stored conditions are used as they are: that is the
 FLUX.1-Fill-dev baseline (stored prompt embedding, plain AE decode).
+
+``recipe="official"`` reproduces the released evaluation script bit for bit where the hardware allows: the grey mask
+kept everywhere (MAE, fill condition, decoder blends; ``misato_dataset`` divides by 255 and never thresholds), the MAE
+and both heads in bf16 (weights cast, autocast), the noise drawn in bf16, the fill condition cast to bf16, PIL outputs
+by truncation ``np.clip(x * 255, 0, 255).astype(uint8)``. ``"ours"`` (default): masks binarised at 0.5, fp32 prior,
+noise and fill in the transformer's dtype, PIL outputs rounded (diffusers').
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from diffusers.image_processor import VaeImageProcessor
@@ -27,9 +35,23 @@ from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.sd import vae_scale_factor
 from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, decode_latents, empty_masks_output,
                                                    preprocess_inpaint_inputs, sampled_output)
-from asuka.utils.errors import AsukaError
+from asuka.utils.errors import AsukaError, ConfigError
 
 CONDITION_WEIGHT = 0.5      # official --condition_weight default
+RECIPES = ("ours", "official")
+RELEASE_DTYPE = torch.bfloat16   # test_asuka_flux.py: weight_dtype, autocast, get_noise(dtype=bf16), img_cond cast
+
+
+def check_recipe(recipe: str, key: str = "recipe") -> str:
+    """``recipe`` when it names one of :data:`RECIPES`, else a one-line ConfigError naming ``key``."""
+    if str(recipe) not in RECIPES:
+        raise ConfigError(key, f"unknown value '{recipe}', expected one of {', '.join(RECIPES)}")
+    return str(recipe)
+
+
+def truncate_to_pil(images: np.ndarray) -> list[PIL.Image.Image]:
+    """``[B,H,W,3]`` floats in [0, 1] -> PIL by truncation, as the official script saves its PNGs."""
+    return [PIL.Image.fromarray(np.clip(x * 255, 0, 255).astype(np.uint8)) for x in images]
 
 
 class AsukaFluxFillPipeline(DiffusionPipeline):
@@ -40,7 +62,8 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
     (:class:`~asuka.models.backbones.flux.FluxConditions`: the null pair, or the baseline's stored prompt), and
     optionally ``mae``, ``alignment`` (T5 head, tokens) and ``alignment_clip`` (CLIP head, pooled), ``decoder``
     (the ASUKA decoder on raw AE latents; None decodes with the AE). ``condition_weight`` and ``guidance`` are the
-    call's defaults, saved in ``model_index.json`` (``model.condition_weight``, ``model.guidance``). Inputs as
+    call's defaults, saved in ``model_index.json`` (``model.condition_weight``, ``model.guidance``), as is
+    ``recipe`` (module docstring; ``official`` casts the MAE and heads to bf16 here). Inputs as
     :class:`~asuka.pipelines.AsukaInpaintPipeline` (sizes rounded down to multiples of 16).
     """
 
@@ -59,16 +82,27 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
         decoder: AsukaDecoder | None = None,
         condition_weight: float = CONDITION_WEIGHT,
         guidance: float = flux.GUIDANCE,
+        recipe: str = "ours",
     ) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, conditions=conditions, mae=mae,
                               alignment=alignment, alignment_clip=alignment_clip, decoder=decoder)
-        self.register_to_config(condition_weight=float(condition_weight), guidance=float(guidance))
+        self.register_to_config(condition_weight=float(condition_weight), guidance=float(guidance),
+                                recipe=check_recipe(recipe))
+        if self.official:
+            for part in (mae, alignment, alignment_clip):
+                if part is not None:
+                    part.to(RELEASE_DTYPE)
         self.vae_scale_factor = vae_scale_factor(vae) if vae is not None else 8
         multiple = self.vae_scale_factor * flux.PACK
         self.image_processor = VaeImageProcessor(vae_scale_factor=multiple)
-        self.mask_processor = VaeImageProcessor(vae_scale_factor=multiple, do_normalize=False, do_binarize=True,
-                                                do_convert_grayscale=True)
+        self.mask_processor = VaeImageProcessor(vae_scale_factor=multiple, do_normalize=False,
+                                                do_binarize=not self.official, do_convert_grayscale=True)
+
+    @property
+    def official(self) -> bool:
+        """The released script's recipe (grey masks, bf16 prior, noise and fill, truncated PNGs)."""
+        return self.config.recipe == "official"
 
     @property
     def uses_prior(self) -> bool:
@@ -77,16 +111,20 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
 
     def preprocess(self, image: ImageInput, mask_image: ImageInput, height: int | None = None,
                    width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> ``(image [B,3,h,w] in [-1,1], mask [B,1,h,w] in {0,1})``, sides multiples of 16."""
+        """-> ``(image [B,3,h,w] in [-1,1], mask [B,1,h,w])``, sides multiples of 16; the mask in {0,1}, or in
+        [0,1] (grey values kept) under ``recipe="official"``."""
         return preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor, height, width)
 
     # ------------------------------------------------------------------ conditions
     def aligned_prior(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two heads on the MAE prior of preprocessed tensors: ``txt [B,L,D]`` and ``vec [B,P]`` (token mean)."""
+        """The two heads on the MAE prior of preprocessed tensors: ``txt [B,L,D]`` and ``vec [B,P]`` (token mean).
+        Under ``recipe="official"`` inside bf16 autocast, as the official script runs them on CUDA (on the CPU
+        torch's CPU autocast, the closest it allows)."""
         param = next(self.mae.parameters())
-        prior = self.mae.prior(image.to(param.device, param.dtype), mask.to(param.device, param.dtype))
-        txt = self.alignment(prior.to(next(self.alignment.parameters()).dtype))
-        vec = self.alignment_clip(prior.to(next(self.alignment_clip.parameters()).dtype)).mean(dim=1)
+        with torch.autocast(self._execution_device.type, dtype=RELEASE_DTYPE, enabled=self.official):
+            prior = self.mae.prior(image.to(param.device, param.dtype), mask.to(param.device, param.dtype))
+            txt = self.alignment(prior.to(next(self.alignment.parameters()).dtype))
+            vec = self.alignment_clip(prior.to(next(self.alignment_clip.parameters()).dtype)).mean(dim=1)
         return txt, vec
 
     def encode_conditions(self, image: torch.Tensor, mask: torch.Tensor,
@@ -141,7 +179,8 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
             generator: draws the initial noise, then the AE posterior sample of the masked image.
             latents: packed initial noise ``[B, N, 64]``.
             prompt_embeds, pooled_prompt_embeds: precomputed ``txt``/``vec`` (skip the MAE, heads and blending).
-            output_type: ``"pil"``, ``"np"``, ``"pt"`` (in [0, 1]) or ``"latent"`` (packed).
+            output_type: ``"pil"`` (rounded; truncated under ``recipe="official"``), ``"np"``, ``"pt"`` (in
+                [0, 1]) or ``"latent"`` (packed).
             paste_back: composite the known pixels of the (preprocessed) input into the result.
 
             guidance_scale: classifier-free guidance, as the SD pipeline's argument (so the scripts drive both
@@ -154,8 +193,11 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
                              "(guidance=30), without classifier-free guidance; use guidance_scale=1")
         init_image, mask = self.preprocess(image, mask_image, height, width)
         b, device, dtype = init_image.shape[0], self._execution_device, self.transformer.dtype
+        truncate = self.official and output_type == "pil"
+        if truncate:
+            output_type = "np"
         if bool(all_empty(mask).all()):
-            return empty_masks_output(self, init_image, output_type, return_dict)
+            return self._truncated(empty_masks_output(self, init_image, output_type, return_dict), truncate)
 
         if prompt_embeds is None or pooled_prompt_embeds is None:
             txt, vec = self.encode_conditions(init_image, mask, condition_weight)
@@ -168,11 +210,12 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
         h, w = flux.latent_grid(self.vae, init_image.shape[-2], init_image.shape[-1])
         if latents is None:
             noise = randn_tensor((b, self.vae.config.latent_channels, h, w), generator=generator, device=device,
-                                 dtype=dtype)
-            latents = flux.pack(noise)
+                                 dtype=RELEASE_DTYPE if self.official else dtype)
+            latents = flux.pack(noise).to(dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
-        fill = flux.fill_condition(self.vae, init_image.to(device), mask.to(device), generator).to(device, dtype)
+        fill = flux.fill_condition(self.vae, init_image.to(device), mask.to(device), generator)
+        fill = (fill.to(RELEASE_DTYPE) if self.official else fill).to(device, dtype)
         img_ids = flux.image_ids(self.vae, init_image.shape[-2], init_image.shape[-1], device, dtype)
         timesteps = flux.inference_timesteps(self.scheduler, num_inference_steps, latents.shape[1], device)
 
@@ -186,4 +229,13 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
                     latents = (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents", latents)
                 bar.update()
 
-        return sampled_output(self, latents, init_image, mask, paste_back, output_type, return_dict)
+        return self._truncated(sampled_output(self, latents, init_image, mask, paste_back, output_type, return_dict),
+                               truncate)
+
+    @staticmethod
+    def _truncated(out: ImagePipelineOutput | tuple, truncate: bool) -> ImagePipelineOutput | tuple:
+        """``np`` images turned into PIL by truncation when ``truncate`` (the official recipe's ``pil`` output)."""
+        if not truncate:
+            return out
+        images = truncate_to_pil(out.images if isinstance(out, ImagePipelineOutput) else out[0])
+        return ImagePipelineOutput(images=images) if isinstance(out, ImagePipelineOutput) else (images,)

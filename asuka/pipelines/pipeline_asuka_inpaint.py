@@ -24,7 +24,8 @@ from diffusers.utils.torch_utils import randn_tensor
 # The component classes are imported here so that ``from_pretrained`` finds them: diffusers only resolves the
 # library named in model_index.json (``asuka.models.mae`` ...) when that module is already imported.
 from asuka.data.images import to_gray, to_rgb
-from asuka.models.alignment import AlignmentModule, encode_condition, null_condition
+from asuka.models.alignment import AlignmentModule, null_prior
+from asuka.models.backbones.sdxl import predict as sdxl_predict
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.sd import encode_masked_image, unet_input, vae_scale_factor
@@ -129,8 +130,10 @@ def preprocess_inpaint_inputs(
     height, width = image_processor.get_default_height_width(first, height, width)
     if height < factor or width < factor:
         raise AsukaError(f"image is too small: {size[0]}x{size[1]} (needs at least {factor} pixels a side)")
-    init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32)
-    mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32)
+    # VaeImageProcessor.numpy_to_pt returns a channels-last view of the HxWxC arrays: made contiguous (NCHW) here, as
+    # the official loaders' batches are, since channels-last conv kernels give other floats (1.7e-2 on FLUX's fill).
+    init_image = image_processor.preprocess(images, height=height, width=width).to(torch.float32).contiguous()
+    mask = mask_processor.preprocess(masks, height=height, width=width).to(torch.float32).contiguous()
     if mask.shape[0] != init_image.shape[0]:
         mask = mask.repeat(init_image.shape[0] // mask.shape[0], 1, 1, 1)
     return init_image, mask
@@ -200,8 +203,8 @@ class AsukaInpaintPipeline(DiffusionPipeline):
     [-1, 1] and masks {0, 1} (the package convention); ``output_type="pt"`` returns [0, 1].
     """
 
-    model_cpu_offload_seq = "mae->alignment->unet->vae->decoder"
-    _optional_components = ["decoder"]
+    model_cpu_offload_seq = "mae->alignment->alignment_clip->unet->vae->decoder"
+    _optional_components = ["decoder", "alignment_clip"]
 
     def __init__(
         self,
@@ -211,9 +214,11 @@ class AsukaInpaintPipeline(DiffusionPipeline):
         mae: MaskedAutoencoderViT,
         alignment: AlignmentModule,
         decoder: AsukaDecoder | None = None,
+        alignment_clip: AlignmentModule | None = None,
     ) -> None:
         super().__init__()
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, alignment=alignment, decoder=decoder)
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, mae=mae, alignment=alignment, decoder=decoder,
+                              alignment_clip=alignment_clip)
         self.vae_scale_factor = vae_scale_factor(vae) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.mask_processor = VaeImageProcessor(
@@ -227,16 +232,26 @@ class AsukaInpaintPipeline(DiffusionPipeline):
         return preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor, height, width)
 
     # ------------------------------------------------------------------ prior
-    def condition_from_tensors(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Aligned prior of preprocessed tensors (``image`` in [-1,1], ``mask`` 1 = hole), in the UNet's dtype."""
+    def _heads(self, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The UNet's conditions from an MAE prior: the context tokens and, with ``alignment_clip`` (SDXL), the
+        pooled vector (that head's tokens averaged, as ASUKA-FLUX's ``vec``), in the UNet's dtype."""
+        out = []
+        for head in (self.alignment, self.alignment_clip):
+            if head is not None:
+                x = head(prior.to(next(head.parameters()).dtype))
+                out.append(x.to(device=self._execution_device, dtype=self.unet.dtype))
+        return out[0], (out[1].mean(dim=1) if len(out) > 1 else None)
+
+    def conditions_from_tensors(self, image: torch.Tensor,
+                                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Aligned prior of preprocessed tensors (``image`` in [-1,1], ``mask`` 1 = hole): ``(tokens, pooled)``."""
         mae_param = next(self.mae.parameters())
-        cond = encode_condition(
-            self.mae,
-            self.alignment,
-            image.to(device=mae_param.device, dtype=mae_param.dtype),
-            mask.to(device=mae_param.device, dtype=mae_param.dtype),
-        )
-        return cond.to(device=self._execution_device, dtype=self.unet.dtype)
+        return self._heads(self.mae.prior(image.to(device=mae_param.device, dtype=mae_param.dtype),
+                                          mask.to(device=mae_param.device, dtype=mae_param.dtype)))
+
+    def condition_from_tensors(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The context tokens of :meth:`conditions_from_tensors`."""
+        return self.conditions_from_tensors(image, mask)[0]
 
     @torch.no_grad()
     def encode_prior(
@@ -253,7 +268,12 @@ class AsukaInpaintPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_null_prior(self, batch_size: int = 1) -> torch.Tensor:
         """Context of a fully masked image: the unconditional branch when ``guidance_scale > 1``."""
-        return null_condition(self.mae, self.alignment, batch_size, self._execution_device, self.unet.dtype)
+        return self.encode_null_conditions(batch_size)[0]
+
+    @torch.no_grad()
+    def encode_null_conditions(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens, pooled)`` of a fully masked image (pooled: SDXL only)."""
+        return self._heads(null_prior(self.mae, batch_size))
 
     def _step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -282,6 +302,7 @@ class AsukaInpaintPipeline(DiffusionPipeline):
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         prior_embeds: torch.Tensor | None = None,
+        pooled_prior_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         paste_back: bool = False,
         return_dict: bool = True,
@@ -298,7 +319,8 @@ class AsukaInpaintPipeline(DiffusionPipeline):
             guidance_scale: 1.0 = no CFG (the paper's setting). Above 1, the prior of a fully masked image is the
                 unconditional branch.
             generator: seeds the initial noise and the VAE posterior sample, as in diffusers.
-            prior_embeds: a precomputed context ``[B, L, D]`` (skips the MAE and alignment).
+            prior_embeds: a precomputed context ``[B, L, D]`` (skips the MAE and alignment); on SDXL (with
+                ``alignment_clip``) also ``pooled_prior_embeds [B, P]``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (in [0, 1]) or ``"latent"``.
             paste_back: composite the known pixels of the (preprocessed) input into the result.
 
@@ -314,13 +336,19 @@ class AsukaInpaintPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         dtype = self.unet.dtype
         if prior_embeds is not None:
-            cond = prior_embeds.to(device=device, dtype=dtype)
+            if self.alignment_clip is not None and pooled_prior_embeds is None:
+                raise AsukaError("prior_embeds: this pipeline also needs pooled_prior_embeds (SDXL's pooled vector)")
+            cond, pooled = prior_embeds.to(device=device, dtype=dtype), pooled_prior_embeds
         else:
-            cond = self.condition_from_tensors(init_image, mask)
+            cond, pooled = self.conditions_from_tensors(init_image, mask)
         if cond.shape[0] != batch_size:
             cond = cond.repeat(batch_size // cond.shape[0], 1, 1)
+        if pooled is not None and pooled.shape[0] != batch_size:
+            pooled = pooled.repeat(batch_size // pooled.shape[0], 1)
         if do_cfg:
-            cond = torch.cat([self.encode_null_prior(batch_size), cond])
+            null_cond, null_pooled = self.encode_null_conditions(batch_size)
+            cond = torch.cat([null_cond, cond])
+            pooled = None if pooled is None else torch.cat([null_pooled, pooled.to(null_pooled)])
 
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
 
@@ -348,12 +376,11 @@ class AsukaInpaintPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 model_latents = torch.cat([latents] * 2) if do_cfg else latents
                 model_latents = self.scheduler.scale_model_input(model_latents, t)
-                noise_pred = self.unet(
-                    unet_input(model_latents, mask_latent, masked_image_latents),
-                    t,
-                    encoder_hidden_states=cond,
-                    return_dict=False,
-                )[0]
+                model_in = unet_input(model_latents, mask_latent, masked_image_latents)
+                if pooled is None:
+                    noise_pred = self.unet(model_in, t, encoder_hidden_states=cond, return_dict=False)[0]
+                else:  # SDXL: the pooled vector and the image's time ids as well
+                    noise_pred = sdxl_predict(self.unet, model_in, t, cond, pooled, tuple(init_image.shape[-2:]))
                 if do_cfg:
                     uncond, conditional = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (conditional - uncond)

@@ -1,9 +1,12 @@
 """LAR-Gen inpainting: a scene, a mask, and a text prompt, a subject image, or both (Locate, Assign, Refine).
 
-Released defaults: DDIM with trailing timesteps, 50 steps, CFG 7.5 with guidance rescale 0.5 (one scale for text
-and image; the unconditional branch has the empty prompt and zeroed CLIP pixels, and no reference); the scene is
-cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the subject is put on
-white, cropped to its mask and padded square. At every step the known region is replaced by the noised source latent.
+Released defaults (scepter ``largen_inference.py``, ``diffusion.py``, ``solvers.py``, ``largen_ui.py``): DDIM with
+trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text and
+image). The unconditional branch has the empty prompt and zeroed CLIP pixels for Assign, but keeps the subject's CLIP
+details and latent for the RefineNet reference. Before every model call the known region is the source latent noised
+to that step with fresh noise (the subject latent likewise, per step and per branch); the mask reaches the latent grid
+by an antialiased resize thresholded at 0.5. The scene is cropped square around the mask (1.3x its box), inpainted at
+the UNet's size and pasted back; the subject is put on white, cropped to its mask and padded square.
 An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
 """
 from __future__ import annotations
@@ -27,11 +30,11 @@ from asuka.data.images import pil_to_tensor, to_gray, to_rgb
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
-from asuka.models.largen.crop import SCENE_CROP_SCALE, mask_box, square_crop_box
+from asuka.models.largen.crop import crop_back, mask_box, pad_square, released_crop_box
 from asuka.models.largen.net import LarGenNet
 from asuka.models.largen.refine import RefineNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
-from asuka.pipelines.baselines import tiny_token_ids
+from asuka.models.tiny_text import tiny_token_ids
 from asuka.pipelines.pipeline_asuka_inpaint import (AsukaInpaintPipeline, ImageInput, decode_latents,
                                                    preprocess_inpaint_inputs)
 from asuka.utils.errors import AsukaError
@@ -129,8 +132,10 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         With both a prompt and a subject the hole is the mask's bounding box (released LAR-Gen).
         ``image_scale`` is Assign's lambda (0 ignores the subject's tokens); ``size`` the working resolution (default
         the UNet's); ``crop`` works on the square crop around the mask and pastes the result back into the full
-        image (otherwise the whole image is resized to ``size``). ``paste_back`` keeps the known pixels of the input
-        exactly; without it the whole worked region is the decoder's output (what background metrics should see).
+        image (otherwise the whole image is resized to ``size``), as released: the crop of :func:`released_crop_box`,
+        padded square, resized bilinearly, and put back by :func:`crop_back`. ``paste_back`` (our choice) keeps the
+        known pixels of the input exactly; without it the whole pasted crop is the decoder's output, as released
+        (what background metrics should see).
         """
         scene, mask = preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor)
         if scene.shape[0] != 1:
@@ -143,22 +148,26 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             images = self.image_processor.postprocess(scene, output_type=output_type)
             return ImagePipelineOutput(images=images) if return_dict else (images,)
         height, width = scene.shape[-2:]
-        region = square_crop_box(box, SCENE_CROP_SCALE, width, height) if crop else (0, 0, width, height)
-        x0, y0, x1, y1 = region
+        x0, y0, x1, y1 = released_crop_box(mask[0, 0].numpy() > 0.5) if crop else (0, 0, width, height)
         part, part_mask = scene[..., y0:y1, x0:x1], mask[..., y0:y1, x0:x1]
-        if prompt and subject_image is not None:  # released: text+subject fills the mask's bounding box
-            bx0, by0, bx1, by1 = box
-            part_mask = torch.zeros_like(part_mask)
-            part_mask[..., by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = 1.0
-        work = F.interpolate(part, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-        work_mask = (F.interpolate(part_mask, size=(size, size), mode="nearest") > 0.5).float()
+        if prompt and subject_image is not None:
+            # released use_rectangle_mask: the crop mask's box is filled, except its last row and column (scepter
+            # fills [y1:y2) with y2 the box's last index)
+            bx0, by0, bx1, by1 = mask_box(part_mask[0, 0].numpy() > 0.5)
+            part_mask = part_mask.clone()
+            part_mask[..., by0 : by1 - 1, bx0 : bx1 - 1] = 1.0
+        padded, padded_mask, pads = pad_square(part, part_mask)  # released: a crop cut by the border is padded
+        work = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False)  # cv2.resize linear
+        work_mask = (F.interpolate(padded_mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
         subject = None if subject_image is None else subject_tensor(subject_image, subject_mask, size)
         result = self.sample(work, work_mask, prompt, subject, image_scale, guidance_scale, guidance_rescale,
                              num_inference_steps, generator, eta)
-        result = F.interpolate(result.cpu(), size=(y1 - y0, x1 - x0), mode="bicubic", align_corners=False)
+        patch, (px0, py0, px1, py1) = crop_back(result.cpu().float().clamp(-1, 1), part.shape[-2:], pads)
+        if paste_back:  # our choice: the input's known pixels exactly (released pastes the whole decoded crop)
+            keep = part_mask[..., py0:py1, px0:px1]
+            patch = patch * keep + part[..., py0:py1, px0:px1] * (1 - keep)
         out = scene.clone()
-        result = result.clamp(-1, 1)
-        out[..., y0:y1, x0:x1] = result * part_mask + part * (1 - part_mask) if paste_back else result
+        out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
         images = self.image_processor.postprocess(out, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -179,46 +188,59 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         decoded result in [-1, 1], known region not yet pasted. Training validation calls it directly."""
         device, dtype = self._execution_device, self.unet.dtype
         do_cfg = guidance_scale > 1.0
+        repeat = 2 if do_cfg else 1
         prompts = ["", prompt] if do_cfg else [prompt]
         text = encode_prompts(self.tokenizer, self.text_encoder, prompts).to(dtype)
-        image_embeds = clip_last = keep = None
+        image_embeds = clip_last = None
         if subject is not None:
+            # Released (largen_inference.py): the unconditional branch zeroes only the Assign input (ref_ip); it keeps
+            # the real subject's CLIP details (ref_detail) and its latent for the RefineNet reference (ref_x0).
             pixels = clip_pixels(subject.to(device), self.image_encoder)
-            if do_cfg:
-                pixels = torch.cat([torch.zeros_like(pixels), pixels])
-            image_embeds, clip_last = image_hidden_states(self.image_encoder, pixels)
-            keep = torch.tensor([0.0, 1.0] if do_cfg else [1.0], device=device)
+            image_embeds, _ = image_hidden_states(self.image_encoder,
+                                                  torch.cat([torch.zeros_like(pixels), pixels]) if do_cfg else pixels)
+            clip_last = image_hidden_states(self.image_encoder, pixels)[1].repeat(repeat, 1, 1)
         image, mask = image.to(device), mask.to(device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latent_shape = (1, self.vae.config.latent_channels, *(s // self.vae_scale_factor for s in image.shape[-2:]))
-        noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-        latents = noise * self.scheduler.init_noise_sigma
-        mask_latent, masked_latents = encode_masked_image(self.vae, image, mask, generator=generator)
+        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        _, masked_latents = encode_masked_image(self.vae, image, mask, generator=generator)
+        mask_latent = released_latent_mask(mask, latent_shape[-2:]).to(dtype)
         source = encode_latents(self.vae, image, generator=generator).to(dtype)
         refine = self.refine if subject is not None else None
         if refine is not None:
             subject_latents = encode_latents(self.vae, subject.to(device), generator=generator).to(dtype)
-            subject_noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
-        repeat = 2 if do_cfg else 1
         conditions = [c.to(dtype).repeat(repeat, 1, 1, 1) for c in (mask_latent, masked_latents)]
         timesteps = self.scheduler.timesteps
         step_kwargs = AsukaInpaintPipeline._step_kwargs(self, generator, eta)
         for i, t in enumerate(self.progress_bar(timesteps)):
+            # Locate (released diffusion.py model_fn): before every model call, from the first, the known region is
+            # the source latent noised to t with fresh noise.
+            known = self.scheduler.add_noise(source, randn_tensor(latent_shape, generator=generator, device=device,
+                                                                  dtype=dtype), t.reshape(1))
+            latents = known * (1 - mask_latent) + latents * mask_latent
             model_in = self.scheduler.scale_model_input(latents.repeat(repeat, 1, 1, 1), t)
             bank = None
-            if refine is not None:
-                noisy_subject = self.scheduler.add_noise(subject_latents, subject_noise, t.reshape(1))
-                bank = refine(noisy_subject.repeat(repeat, 1, 1, 1), t, clip_last)
-            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, keep)
+            if refine is not None:  # released: the subject latent noised to t, fresh noise per step and per branch
+                subject_noise = randn_tensor((repeat, *latent_shape[1:]), generator=generator, device=device,
+                                             dtype=dtype)
+                noisy_subject = self.scheduler.add_noise(subject_latents.repeat(repeat, 1, 1, 1), subject_noise,
+                                                         t.reshape(1))
+                bank = refine(noisy_subject, t, clip_last)
+            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None)
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
                 if guidance_rescale > 0:
                     eps = rescale_noise_cfg(eps, cond, guidance_rescale=guidance_rescale)
-            latents = self.scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-            # Locate: the known region follows the source latent, noised to the next step's level
-            known = source
-            if i < len(timesteps) - 1:
-                known = self.scheduler.add_noise(source, noise, timesteps[i + 1].reshape(1))
-            latents = known * (1 - mask_latent.to(dtype)) + latents * mask_latent.to(dtype)
+            out = self.scheduler.step(eps, t, latents, **step_kwargs)
+            # released DDIM (solvers.py sample_ddim) ends on sigma 0: the last step returns the clean estimate
+            latents = out.pred_original_sample if i == len(timesteps) - 1 else out.prev_sample
         return self._decode(latents, image, mask)
+
+
+def released_latent_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The mask on the latent grid as released LAR-Gen builds it: antialiased bilinear resize, then ``> 0.5``
+    (diffusers' inpainting pipelines take the nearest pixel instead)."""
+    return (F.interpolate(mask.float(), size=tuple(size), mode="bilinear", antialias=True,
+                          align_corners=False) > 0.5).float()

@@ -154,9 +154,11 @@ class AlignStage(Stage):
 def _sd_pipeline(stage: AlignStage):  # noqa: ANN202
     from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
 
+    clip = stage.trainable.get("alignment_clip")  # SDXL's pooled head
     return AsukaInpaintPipeline(vae=stage.frozen.vae, unet=stage.frozen.unet,
                                 scheduler=stage.backbone.inference_scheduler(stage.frozen), mae=stage.mae,
-                                alignment=unwrap(stage.trainable["alignment"]), decoder=None)
+                                alignment=unwrap(stage.trainable["alignment"]), decoder=None,
+                                alignment_clip=None if clip is None else unwrap(clip))
 
 
 def _flux_pipeline(stage: AlignStage):  # noqa: ANN202
@@ -171,7 +173,7 @@ def _flux_pipeline(stage: AlignStage):  # noqa: ANN202
 
 
 # The validation pipeline of each backbone (model.backbone), built around the stage's frozen parts and heads.
-VALIDATION_PIPELINES = {"sd15_inpaint": _sd_pipeline, "flux_fill": _flux_pipeline}
+VALIDATION_PIPELINES = {"sd15_inpaint": _sd_pipeline, "flux_fill": _flux_pipeline, "sdxl": _sd_pipeline}
 
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict:

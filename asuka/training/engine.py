@@ -38,6 +38,7 @@ from asuka.training.run_guard import prepare_run_dir
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
 from asuka.training.validate import check_mixed_precision, validate_training_config
+from asuka.utils.config_schema import validate_config
 from asuka.utils.errors import AsukaError
 from asuka.utils.workers import resolve_num_workers
 
@@ -466,4 +467,5 @@ def fit(cfg: DictConfig, stage_factory: StageFactory, run_dir: str | Path | None
     """Train a stage as configured and return the last logged values (and ``run_dir``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
+    validate_config(cfg)  # the scripts check it in asuka.utils.cli.run; fit() called from Python checks it here
     return Trainer(cfg, stage_factory, run_dir).fit()

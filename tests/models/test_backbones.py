@@ -23,7 +23,7 @@ def test_registry():
     assert backbone_for({}).name == "sd15_inpaint"
     assert backbone_for({"backbone": "flux_fill"}).pixel_multiple == 16
     with pytest.raises(ConfigError, match="model.backbone"):
-        get_backbone("sdxl")
+        get_backbone("sd3")
 
 
 def test_sd15_backbone_is_the_sd_module():

@@ -238,3 +238,28 @@ def test_sd_width_decoder_keeps_its_quant_convs() -> None:
         z_post = torch.nn.functional.conv2d(z, sd["post_quant_conv.weight"], sd["post_quant_conv.bias"])
         torch.testing.assert_close(ours, official_decode(sd, z_post, image, mask, mask_channel=False),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_report_compares_the_release_encoder_with_a_flux_ae(released, tmp_path) -> None:
+    """``flux_ae=``: max |diff| of the checkpoint's encoder.* against a FLUX AE's encoder (0 when it is a copy)."""
+    from diffusers import AutoencoderKL
+
+    from asuka.models.convert.released import compare_encoder
+    from asuka.models.decoder import AsukaDecoder
+
+    _, out, _ = released
+    decoder = AsukaDecoder.from_pretrained(str(out / "decoder"))
+    ae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                       block_out_channels=ENCODER, layers_per_block=1, latent_channels=16, norm_num_groups=32,
+                       use_quant_conv=False, use_post_quant_conv=False)
+    ae.encoder.load_state_dict(decoder.encoder.state_dict())
+    ae.save_pretrained(str(tmp_path / "flux" / "vae"))
+    same = compare_encoder(decoder, tmp_path / "flux")
+    assert same["comparable"] and same["equal"] and same["max_abs_diff"] == 0.0
+    with torch.no_grad():
+        ae.encoder.conv_in.bias[0] += 0.5
+    ae.save_pretrained(str(tmp_path / "flux" / "vae"))
+    other = compare_encoder(decoder, tmp_path / "flux")
+    assert not other["equal"] and abs(other["max_abs_diff"] - 0.5) < 1e-6
+    with pytest.raises(ConfigError, match="flux_ae"):
+        compare_encoder(decoder, tmp_path / "nothing")

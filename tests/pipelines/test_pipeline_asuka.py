@@ -136,9 +136,13 @@ def test_unet_sees_the_same_nine_channel_input_as_diffusers(pipe) -> None:
     image, mask = _image(), _mask()
     with _Capture(pipe.unet) as ours:
         _run(pipe, image, mask, seed=5)
+    # diffusers' own pipeline would encode the channels-last view numpy_to_pt makes of PIL inputs (other conv kernels,
+    # ~2e-6 apart); ours is contiguous NCHW as the official code: give the twin the same contiguous [0, 1] tensors
+    nchw = [torch.from_numpy(np.asarray(x, dtype=np.float32) / 255.0).reshape(64, 64, -1).permute(2, 0, 1)
+            .contiguous()[None] for x in (image, mask)]
     with _Capture(pipe.unet) as theirs:
         _diffusers_twin(pipe)(
-            prompt_embeds=pipe.encode_prior(image, mask), image=image, mask_image=mask, height=64, width=64,
+            prompt_embeds=pipe.encode_prior(image, mask), image=nchw[0], mask_image=nchw[1], height=64, width=64,
             guidance_scale=1.0, num_inference_steps=STEPS, generator=_gen(5), output_type="np",
         )
     assert len(ours.calls) == len(theirs.calls) == STEPS

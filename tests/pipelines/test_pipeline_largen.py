@@ -71,22 +71,63 @@ def test_prompt_and_subject_change_the_result(pipe):
     assert np.abs(weak[mask] - both[mask]).max() > 1e-3
 
 
-def test_known_region_follows_the_source_latents(pipe, monkeypatch):
-    """Locate: after the last step the known cells of the latents are exactly the source image's latents."""
+def test_locate_and_the_last_step_as_released(pipe, monkeypatch):
+    """Released scepter sampling: before every model call (the first included) the known latent cells are the source
+    latent noised to t with fresh noise; the mask reaches the latent grid by antialiased resize > 0.5; the last DDIM
+    step returns the clean estimate."""
+    import torchvision.transforms.functional as TF
+
     import asuka.pipelines.pipeline_largen as module
 
-    encoded, final = [], []
-    real_encode = module.encode_latents
+    encoded, final, calls = [], [], []
+    real_encode, real_net = module.encode_latents, pipe.net
     monkeypatch.setattr(module, "encode_latents", lambda *a, **k: encoded.append(real_encode(*a, **k)) or encoded[-1])
     monkeypatch.setattr(pipe, "_decode", lambda latents, image, mask: final.append(latents) or image)
+    monkeypatch.setattr(pipe, "net", lambda x, t, *a: calls.append((x, t, real_net(x, t, *a))) or calls[-1][2])
     image = torch.rand(1, 3, 64, 64) * 2 - 1
     mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 13:43, 8:45] = 1  # edges off the 8-pixel grid: nearest and antialiased resizes differ
+    pipe.sample(image, mask, "a ball", None, guidance_scale=1.0, num_inference_steps=3,
+                generator=torch.Generator().manual_seed(0))
+    known = TF.resize(mask, [8, 8], antialias=True) <= 0.5
+    assert not torch.equal(known, mask[:, :, ::8, ::8] < 0.5)
+    source, abar = encoded[0], pipe.scheduler.alphas_cumprod
+    noises = []
+    for x, t, _ in calls:
+        noise = (x[:, :4] - abar[t].sqrt() * source) / (1 - abar[t]).sqrt()
+        noises.append(noise[known.expand_as(noise)])
+        assert 0.5 < float(noises[-1].std()) < 1.5
+        assert torch.equal(x[:, 4:5], (~known).float())  # the mask channel is the released latent mask
+    assert len(calls) == 3 and not torch.allclose(noises[0], noises[1], atol=1e-3)
+    x, t, eps = calls[-1]
+    clean = (x[:, :4] - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+    torch.testing.assert_close(final[0], clean, rtol=1e-4, atol=1e-4)
+
+
+def test_cfg_uncond_keeps_the_subject_reference_as_released(pipe, monkeypatch):
+    """Released: the unconditional branch zeroes only Assign's CLIP input; the RefineNet sees the real subject's
+    details in both branches, on the subject latent noised afresh per step and per branch."""
+    refs, nets = [], []
+    real_refine, real_net = pipe.refine, pipe.net
+    monkeypatch.setattr(pipe, "refine", lambda x, t, clip: refs.append((x, clip)) or real_refine(x, t, clip))
+    monkeypatch.setattr(pipe, "net", lambda x, t, text, img, scale, bank, keep: nets.append((img, bank, keep))
+                        or real_net(x, t, text, img, scale, bank, keep))
+    image, hole = subject()
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
     mask[..., 16:40, 8:48] = 1
-    pipe.sample(image, mask, "a ball", None, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
-    known = mask[:, :, ::8, ::8] < 0.5
-    source, latents = encoded[0], final[0]
-    assert torch.equal((latents * known)[0], (source * known)[0])
-    assert not torch.allclose(latents * ~known, source * ~known)
+    from asuka.pipelines.pipeline_largen import subject_tensor
+
+    pipe.sample(pixels, mask, "a ball", subject_tensor(image, hole, 64), guidance_scale=7.5, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0))
+    assert len(refs) == 2
+    for noisy, clip in refs:
+        assert noisy.shape[0] == 2 and not torch.allclose(noisy[0], noisy[1])  # one noise per branch
+        assert torch.equal(clip[0], clip[1])  # the uncond branch keeps the real subject's details
+    assert not torch.allclose(refs[0][0], refs[1][0])  # and per step
+    for img, bank, keep in nets:
+        assert keep is None and bank is not None  # both branches read the reference
+        assert not torch.allclose(img[0], img[1])  # Assign: zeroed pixels in the uncond branch only
 
 
 def test_needs_a_prompt_or_a_subject(pipe):
@@ -103,6 +144,12 @@ def test_round_trip_keeps_every_weight_and_the_output(pipe, tmp_path):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert loaded.scheduler.config.timestep_spacing == "trailing"
+    from asuka.pipelines import LarGenInpaintPipeline as exported  # importable as the ASUKA pipelines are
+
+    by_key = build_largen_pipeline(compose_config("inpaint", ["experiment=demo", "method=largen",
+                                                              f"pipeline={tmp_path / 'largen'}"]))
+    assert exported is LarGenInpaintPipeline and isinstance(by_key, exported)  # pipeline= as for ASUKA
+    assert torch.equal(by_key.assign.to_k_ip[0].weight, pipe.assign.to_k_ip[0].weight)
     image, hole = subject()
     _, mask, before = run(pipe, prompt="a kite", subject_image=image, subject_mask=hole)
     _, _, after = run(loaded, prompt="a kite", subject_image=image, subject_mask=hole)
@@ -158,3 +205,30 @@ def test_inpaint_needs_a_prompt_or_subject(tmp_path):
                                      f"mask_file={tmp_path}/m.png", f"out={tmp_path}/o.png"])
     with pytest.raises(ConfigError, match="prompt=TEXT, subject=IMAGE, or both"):
         inpaint_largen(cfg)
+
+
+def test_released_zoom_in_crop_near_the_border_is_padded_and_pasted_back(pipe):
+    """scepter largen_ui: box 1.3x, squared, clipped; a crop cut by the border is padded black and, after sampling,
+    pasted back without its padding and 2 more pixels on the padded sides (worked by hand for this mask)."""
+    from asuka.models.largen.crop import crop_back, pad_square, released_crop_box
+
+    mask = np.zeros((64, 104), bool)
+    mask[44:64, 84:94] = True
+    assert released_crop_box(mask) == (76, 40, 100, 64)  # square inside the image
+    mask[:] = False
+    mask[44:64, 94:104] = True
+    assert released_crop_box(mask) == (86, 40, 104, 64)  # 18 wide, 24 high: cut by the right border
+    part, part_mask = torch.rand(1, 3, 24, 18) * 2 - 1, torch.ones(1, 1, 24, 18)
+    padded, padded_mask, pads = pad_square(part, part_mask)
+    assert pads == (3, 3) and torch.equal(padded[..., 3:21], part)
+    assert (padded[..., :3] == -1).all() and (padded_mask[..., 21:] == 0).all()
+    patch, where = crop_back(padded, (24, 18), pads)
+    assert where == (2, 0, 16, 24) and torch.equal(patch, part[..., 2:16])
+
+    scene = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 104, 3), dtype=np.uint8))
+    out = pipe(scene, Image.fromarray(mask.astype(np.uint8) * 255), prompt="a ball", num_inference_steps=1,
+               paste_back=False, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    source = np.asarray(scene).astype(np.float32) / 255
+    changed = np.abs(out - source).max(axis=-1) > 1 / 255 + 1e-6
+    assert changed[40:64, 88:102].mean() > 0.5 and not changed[:, :88].any() and not changed[:, 102:].any()
+    assert not changed[:40].any()

@@ -1,4 +1,4 @@
-"""The frozen inpainting backbones ASUKA conditions: SD-1.5 inpainting and FLUX.1-Fill-dev.
+"""The frozen inpainting backbones ASUKA and LAR-Gen condition: SD-1.5 inpainting, FLUX.1-Fill-dev, SDXL inpainting.
 
 ``backbone_for(model_cfg)`` reads ``model.backbone`` (default ``sd15_inpaint``, the paper's model).
 """
@@ -9,10 +9,11 @@ from typing import Any
 from asuka.models.backbones.base import Backbone, ConditionShapes
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.backbones.sd15 import SD15Inpaint
+from asuka.models.backbones.sdxl import SDXLInpaint
 from asuka.utils.config import cfg_get
 from asuka.utils.errors import ConfigError
 
-BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (SD15Inpaint, FluxFill)}
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (SD15Inpaint, FluxFill, SDXLInpaint)}
 
 
 def get_backbone(name: str) -> Backbone:
@@ -29,7 +30,7 @@ def backbone_for(model_cfg: Any) -> Backbone:
 
 
 def is_tiny(cfg: Any) -> bool:
-    """``model=tiny|flux_tiny`` (or ``experiment=demo``): the backbone's block says ``source: tiny``, so the parts
+    """``model=tiny|flux_tiny|sdxl_tiny`` (or ``experiment=demo``): the backbone's block says ``source: tiny``, so the parts
     that are not given are small random ones."""
     block = cfg.model.get(backbone_for(cfg.model).config_key)
     return str(cfg_get(block, "source", "pretrained")) == "tiny"

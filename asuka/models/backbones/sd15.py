@@ -66,6 +66,10 @@ class SD15Inpaint(Backbone):
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype)  # layout-independent draw
         t = torch.randint(0, components.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy, target = self.noisy_input_and_target(components, x0, noise, t)
-        dtype = components.unet.dtype
-        model_in = sd.unet_input(noisy, inputs["mask_latent"], inputs["masked_latents"]).to(dtype)
-        return denoiser(model_in, t, encoder_hidden_states=conditions[0].to(dtype)).sample, target
+        model_in = sd.unet_input(noisy, inputs["mask_latent"], inputs["masked_latents"]).to(components.unet.dtype)
+        return self.predict(components, denoiser, model_in, t, conditions), target
+
+    def predict(self, components: sd.SDComponents, denoiser: torch.nn.Module, model_in: torch.Tensor,
+                t: torch.Tensor, conditions: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The UNet's epsilon for the 9-channel ``model_in`` under ``conditions`` (SD-1.5: the context tokens)."""
+        return denoiser(model_in, t, encoder_hidden_states=conditions[0].to(model_in.dtype)).sample

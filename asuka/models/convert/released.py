@@ -29,7 +29,8 @@ USAGE = {
     "mae": "MaskedAutoencoderViT.from_pretrained; prior(image, mask) -> [B, 256, 512] (preprocess=official)",
     "alignment/t5": "AlignmentModule.from_pretrained; prior -> txt [B, 256, 4096]",
     "alignment/clip": "AlignmentModule.from_pretrained; prior -> [B, 256, 768], mean over tokens -> vec [B, 768]",
-    "decoder": "AsukaDecoder.from_pretrained; decode(z, image=, mask=) on raw AE latents z = packed / 0.3611 + 0.1159",
+    "decoder": "AsukaDecoder.from_pretrained; decode(z, image=, mask=) on raw AE latents z = packed / 0.3611 + 0.1159; "
+               "its encoder (encoder.* of the checkpoint) encodes the fill condition under recipe=official",
     "conditions": "c = null + condition_weight * (c_mae - null), condition_weight 0.5, for txt and vec",
 }
 
@@ -63,7 +64,25 @@ def _decoder(path: Path, cfg: DictConfig, out: Path) -> dict[str, Any]:
     expect = OmegaConf.to_container(cfg.model.decoder, resolve=True) if cfg.model.get("decoder") else {}
     model, report = convert_ldm_decoder(read_released_file(path), str(path), expect)
     model.save_pretrained(str(out))
+    if cfg.get("flux_ae"):
+        report["encoder_vs_flux_ae"] = compare_encoder(model, Path(str(cfg.flux_ae)).expanduser())
     return report
+
+
+def compare_encoder(decoder: Any, folder: Path) -> dict[str, Any]:
+    """Max |diff| between the checkpoint's AE encoder and the encoder of a FLUX.1-Fill AE (a diffusers folder, or
+    the model folder holding it in ``vae/``): says whether the release's fill encoder is FLUX's own."""
+    from diffusers import AutoencoderKL
+
+    root = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+    if not (root / "config.json").is_file():
+        raise ConfigError("flux_ae", f"{folder}: no AE config.json (give FLUX.1-Fill-dev's folder or its vae/)")
+    theirs = AutoencoderKL.from_pretrained(str(root)).encoder.state_dict()
+    ours = decoder.encoder.state_dict()
+    if set(theirs) != set(ours) or any(theirs[k].shape != ours[k].shape for k in ours):
+        return {"flux_ae": str(root), "comparable": False, "max_abs_diff": None, "equal": False}
+    diff = max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours)
+    return {"flux_ae": str(root), "comparable": True, "max_abs_diff": diff, "equal": diff == 0.0}
 
 
 def _condition(stem: str) -> Callable[[Path, DictConfig, Path], dict[str, Any]]:
