@@ -172,12 +172,26 @@ def check_sizes(pairs: list[tuple[Path, Path, Path]], max_side: int | None, down
     return sizes
 
 
+def check_outputs_and_masks(pairs: list[tuple[Path, Path, Path]], soft: bool) -> None:
+    """Before any model loads: every output path writable as an image (a known extension, not a folder) and every
+    mask readable, so that a bad file never stops a folder run after hours of work. (A rerun recomputes every
+    image: an existing output may come from other settings.)"""
+    for _, mask, out in pairs:
+        if out.is_dir():
+            raise ConfigError("out", f"{out} is a folder; give an image file name (or out_dir= for folders)")
+        if out.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ConfigError("out", f"{out}: give an image file name ending in one of "
+                                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        load_mask(mask, soft=soft)
+
+
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Inpaint every (image, mask) pair of the config with seed ``cfg.seed``; returns the written files."""
     pairs = _pairs(cfg)
     max_side = _max_side(cfg)
     downscale = bool(cfg.get("downscale", False))
     sizes = check_sizes(pairs, max_side, downscale)
+    check_outputs_and_masks(pairs, soft=str(cfg.get("recipe") or "ours") == "official")
     force_cpu = bool(cfg.get("trainer", {}).get("cpu", False))
     device = torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
     steps = int(cfg.get("steps", 50))

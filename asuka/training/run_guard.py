@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asuka.training import checkpoint as ckpt
 from asuka.training.run_folder import config_container
+from asuka.training.run_lock import acquire_run_lock
 from asuka.utils.errors import ConfigError
 
 log = logging.getLogger("asuka.train")
@@ -167,6 +168,7 @@ def prepare_run_dir(
     Returns the checkpoint to resume from, or None for a fresh run."""
     check_writable(run_dir)
     if is_main:
+        acquire_run_lock(run_dir)  # before anything in the folder changes: one writer at a time
         ckpt.clean_leftovers(run_dir / "checkpoints")
     barrier()
     resume = cfg.trainer.get("resume")

@@ -256,3 +256,31 @@ def test_sigterm_to_accelerate_launch_single_process_checkpoints(tmp_path):
 def test_sigterm_to_torchrun_checkpoints(tmp_path):
     launch_and_terminate([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"],
                          tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------------ one writer per folder
+def test_a_second_process_cannot_write_a_run_folder_while_the_first_lives(tmp_path, caplog):
+    """A real second process holds the folder's lock: this one is refused in one line naming it; once that process
+    is SIGKILLed its stale lock is taken over with a warning."""
+    import signal
+    import subprocess
+    import sys
+
+    from asuka.training.run_lock import acquire_run_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from asuka.training.run_lock import acquire_run_lock; acquire_run_lock(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"being written by process {holder.pid} .*one run per folder"):
+            fit(toy_config(max_steps=2), ToyStage, tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    out = fit(toy_config(max_steps=2), ToyStage, tmp_path)
+    assert out["finished"] and "taking over the lock of a process that is gone" in caplog.text
+    assert acquire_run_lock(tmp_path) == tmp_path / ".lock"  # this process holds it: re-entrant
