@@ -10,6 +10,9 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.utils.errors import AsukaError
+from asuka.utils.process import tie_worker_to_launcher
+
+tie_worker_to_launcher()  # every entry script imports this module first: a worker is tied before it loads anything
 
 
 def _run_stamp() -> str:

@@ -284,3 +284,33 @@ def test_a_second_process_cannot_write_a_run_folder_while_the_first_lives(tmp_pa
     out = fit(toy_config(max_steps=2), ToyStage, tmp_path)
     assert out["finished"] and "taking over the lock of a process that is gone" in caplog.text
     assert acquire_run_lock(tmp_path) == tmp_path / ".lock"  # this process holds it: re-entrant
+
+
+def test_a_worker_dies_with_a_sigkilled_torchrun_during_start_up(tmp_path):
+    """A real torchrun, SIGKILLed while its worker is still starting (it has imported asuka.utils.cli, as every
+    entry script does first, and has not reached the training loop): the worker ends instead of hanging on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, sys, time\nimport asuka.utils.cli  # noqa: F401\n"
+                      f"open({str(ready)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "1", str(worker)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.is_file() or not ready.read_text():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.2)
+        pid = int(ready.read_text())
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the orphaned worker is still running"
+            time.sleep(0.2)
+    finally:
+        launcher.kill()
