@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from asuka.benchmark.models import configs_dir
+from asuka.utils.compose import configs_dir
 from asuka.utils.errors import ConfigError
 
 MODELS = ("real", "tiny")
