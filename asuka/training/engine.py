@@ -177,6 +177,22 @@ class Trainer:
             "effective_batch": self.effective_batch,
         }
 
+    def _write_checkpoint_files(self, tmp: Path) -> None:
+        """The main process's part of a checkpoint: modules, EMA, optimizers, schedulers, scaler, stage, config."""
+        acc = self.accelerator
+        for name, module in self.stage.trainable.items():
+            save_module(unwrap(module), tmp / name)
+        if self.ema is not None:
+            for name, module in self.ema.modules.items():
+                save_module(module, tmp / f"ema_{name}")
+        for name, optimizer in self.optimizers.items():
+            ckpt.save_torch(optimizer.state_dict(), tmp / f"optimizer_{name}.pt")
+            ckpt.save_torch(self.schedulers[name].state_dict(), tmp / f"scheduler_{name}.pt")
+        if acc.scaler is not None:
+            ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
+        ckpt.save_torch(self.stage.state_dict(), tmp / "stage.pt")
+        save_config(self.cfg, tmp / "config.yaml")
+
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<step>`` atomically (all ranks write their RNG state), then rotate."""
         acc = self.accelerator
@@ -189,18 +205,13 @@ class Trainer:
         acc.wait_for_everyone()
         ckpt.save_torch(ckpt.rng_state(), tmp / f"rng_{acc.process_index}.pt")
         if acc.is_main_process:
-            for name, module in self.stage.trainable.items():
-                save_module(unwrap(module), tmp / name)
-            if self.ema is not None:
-                for name, module in self.ema.modules.items():
-                    save_module(module, tmp / f"ema_{name}")
-            for name, optimizer in self.optimizers.items():
-                ckpt.save_torch(optimizer.state_dict(), tmp / f"optimizer_{name}.pt")
-                ckpt.save_torch(self.schedulers[name].state_dict(), tmp / f"scheduler_{name}.pt")
-            if acc.scaler is not None:
-                ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
-            ckpt.save_torch(self.stage.state_dict(), tmp / "stage.pt")
-            save_config(self.cfg, tmp / "config.yaml")
+            try:
+                self._write_checkpoint_files(tmp)
+            except OSError as exc:  # a full disk, a quota or `ulimit -f`: the earlier checkpoints are untouched
+                ckpt.remove_tree(tmp)
+                raise AsukaError(f"{final}: cannot be written ({exc.strerror or exc}); the earlier checkpoints are "
+                                 "intact: free space (or raise the limit) and run again with trainer.resume=latest"
+                                 ) from None
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.publish(tmp, final, self._trainer_state())
