@@ -35,7 +35,7 @@ from asuka.training.run_folder import MetricsLog, config_container, make_grid, s
 from asuka.training.run_guard import prepare_run_dir
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
-from asuka.training.validate import check_mixed_precision, validate_training_config
+from asuka.training.validate import check_mixed_precision, check_tracker_login, validate_training_config
 from asuka.utils.config_schema import validate_config
 from asuka.utils.process import term_when_parent_dies
 from asuka.utils.errors import AsukaError
@@ -98,6 +98,7 @@ class Trainer:
         )
         acc = self.accelerator
         self.batch_size = validate_training_config(cfg, acc.num_processes)
+        check_tracker_login(cfg)
         if acc.device.type == "cuda" and self.tcfg.get("tf32", True):  # Ampere and newer: TF32 matmuls/convs
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -373,7 +374,8 @@ class Trainer:
         if tracker_cfg.get("tracker"):
             init_kwargs = {}
             if tracker_cfg.tracker == "wandb":
-                init_kwargs = {"wandb": {"entity": tracker_cfg.get("entity"), "mode": tracker_cfg.get("mode")}}
+                init_kwargs = {"wandb": {"entity": tracker_cfg.get("entity"), "mode": tracker_cfg.get("mode"),
+                                         "dir": str(self.run_dir)}}  # its files inside the run folder
             config = config_container(self.cfg) if tracker_cfg.tracker == "wandb" else None
             acc.init_trackers(str(tracker_cfg.get("project", "asuka")), config=config, init_kwargs=init_kwargs)
         log.info(

@@ -364,3 +364,21 @@ def test_a_full_disk_at_checkpoint_time_is_one_line_and_keeps_the_earlier_checkp
     assert names(tmp_path / "checkpoints") == ["checkpoint-2"]
     monkeypatch.setattr(ckpt, "save_torch", real_save)
     assert fit(toy_config(max_steps=6, keep_checkpoints=5, resume="latest"), ToyStage, tmp_path)["step"] == 6
+
+
+def test_wandb_online_without_a_login_is_one_line_before_any_model(tmp_path, monkeypatch):
+    from asuka.training.validate import check_tracker_login
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no `wandb login`
+    cfg = toy_config(max_steps=2)
+    cfg.logger = {"tracker": "wandb", "mode": "online", "project": "asuka"}
+    with pytest.raises(ConfigError, match=r"logger.mode.*no wandb login.*WANDB_MODE=offline"):
+        fit(cfg, never_built, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    check_tracker_login(cfg)  # logged in: accepted
+    cfg.logger.mode = "offline"
+    (tmp_path / ".netrc").unlink()
+    check_tracker_login(cfg)  # offline needs no login
