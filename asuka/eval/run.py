@@ -30,6 +30,7 @@ from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_
 from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
+from asuka.eval.reuse import check_reuse
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 from asuka.utils.paths import inside
 from asuka.utils.workers import resolve_num_workers
@@ -244,6 +245,9 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
     official = _official(cfg)
     dataset = EvalDataset(items, int(cfg.resolution), soft=official)
     targets = [inside(out_dir, f"{item_key(it.name)}.png", f"dataset item {it.name!r}") for it in items]
+    if state.is_main_process:
+        check_reuse(cfg, out_dir)
+    state.wait_for_everyone()
     with state.split_between_processes(list(range(len(items)))) as mine:
         todo = [i for i in mine if not targets[i].is_file()]
     if state.is_main_process:

@@ -246,3 +246,31 @@ def test_generation_never_writes_outside_the_predictions_folder(tmp_path, name):
     with pytest.raises(DataError, match="must be a path inside"):
         generate_predictions(cfg, [ImageItem(tmp_path / "a.png", tmp_path / "m.png", None, name)], out)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_predictions_made_with_other_settings_are_never_reused(tmp_path, monkeypatch):
+    """Two eval.py runs in one folder: method=sd after method=asuka (or other steps) is refused in one line,
+    overwrite=true generates again; the same settings reuse what is there."""
+    from asuka.eval import run as run_mod
+    from asuka.utils.errors import ConfigError
+
+    dirs = _make_folder(tmp_path / "data", n=2)
+    asuka_cfg = _cfg(dirs, tmp_path, "model=tiny", "method=asuka", "num_inference_steps=2")
+    items = run_mod.load_items(asuka_cfg)
+    out = tmp_path / "run" / "predictions"
+    run_mod.generate_predictions(asuka_cfg, items, out)
+    first = (out / "img00.png").read_bytes()
+    for other in ("method=sd", "num_inference_steps=3", "seed=1"):
+        cfg = _cfg(dirs, tmp_path, "model=tiny", "method=asuka", "num_inference_steps=2", other)
+        with pytest.raises(ConfigError, match=r"holds 2 predictions made with other settings .*overwrite=true"):
+            run_mod.generate_predictions(cfg, items, out)
+    assert (out / "img00.png").read_bytes() == first
+    calls = []
+    build = run_mod._build_generator_pipeline
+    monkeypatch.setattr(run_mod, "_build_generator_pipeline", lambda c, d: calls.append(c.method.name) or build(c, d))
+    run_mod.generate_predictions(asuka_cfg, items, out)  # the same settings: reused, nothing generated
+    assert calls == []
+    run_mod.generate_predictions(_cfg(dirs, tmp_path, "model=tiny", "method=sd", "num_inference_steps=2",
+                                      "overwrite=true"), items, out)
+    assert calls == ["sd"] and sorted(p.name for p in out.iterdir()) == ["img00.png", "img01.png"]
+    assert '"name": "sd"' in (tmp_path / "run" / "predictions.settings.json").read_text()
