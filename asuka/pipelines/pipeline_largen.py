@@ -23,10 +23,11 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 # Imported so that from_pretrained resolves the asuka classes named in model_index.json.
 from asuka.data.images import pil_to_tensor, to_gray, to_rgb
+from asuka.models.backbones import sdxl
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
@@ -73,10 +74,12 @@ def subject_tensor(subject_image: PIL.Image.Image, subject_mask: ImageInput | No
 class LarGenInpaintPipeline(DiffusionPipeline):
     """Components: ``vae``, ``text_encoder``, ``tokenizer`` (None: tiny byte ids), ``unet`` (9-channel, trained),
     ``assign`` (:class:`AssignAdapter`), ``image_encoder`` (CLIP ViT-H/14), ``scheduler`` (DDIM trailing),
-    ``refine`` (:class:`RefineNet`, optional), ``decoder`` (:class:`AsukaDecoder`, optional)."""
+    ``refine`` (:class:`RefineNet`, optional), ``decoder`` (:class:`AsukaDecoder`, optional); on SDXL (the released
+    LAR-Gen) also ``text_encoder_2``/``tokenizer_2``, whose presence is the only SDXL switch: the prompt conditions
+    come from :mod:`asuka.models.backbones.sdxl` (two encoders, pooled vector, size ids)."""
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->refine->unet->vae->decoder"
-    _optional_components = ["tokenizer", "refine", "decoder"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->refine->unet->vae->decoder"
+    _optional_components = ["tokenizer", "refine", "decoder", "text_encoder_2", "tokenizer_2"]
 
     def __init__(
         self,
@@ -89,10 +92,13 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         scheduler: KarrasDiffusionSchedulers,
         refine: RefineNet | None = None,
         decoder: AsukaDecoder | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, assign=assign,
-                              image_encoder=image_encoder, scheduler=scheduler, refine=refine, decoder=decoder)
+                              image_encoder=image_encoder, scheduler=scheduler, refine=refine, decoder=decoder,
+                              text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.net = LarGenNet(unet, assign)  # installs the processors; holds no weights of its own
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -103,6 +109,17 @@ class LarGenInpaintPipeline(DiffusionPipeline):
     @property
     def default_size(self) -> int:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def _prompt_conditions(
+        self, prompts: Sequence[str], pixel_size: Sequence[int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """The text tokens and, on SDXL, the UNet's ``added_cond_kwargs`` (pooled vector + size ids of the working
+        image; the unconditional branch encodes the empty prompt on both backbones)."""
+        if self.text_encoder_2 is None:
+            return encode_prompts(self.tokenizer, self.text_encoder, prompts), None
+        tokens, pooled = sdxl.encode_prompt(self, prompts)
+        ids = sdxl.time_ids(*pixel_size, len(prompts), tokens.device, tokens.dtype)
+        return tokens, {"text_embeds": pooled, "time_ids": ids}
 
     def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return decode_latents(self.decoder, self.vae, latents / self.vae.config.scaling_factor, image, mask)
@@ -190,7 +207,8 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         repeat = 2 if do_cfg else 1
         prompts = ["", prompt] if do_cfg else [prompt]
-        text = encode_prompts(self.tokenizer, self.text_encoder, prompts).to(dtype)
+        text, added = self._prompt_conditions(prompts, image.shape[-2:])
+        text = text.to(dtype)
         image_embeds = clip_last = None
         if subject is not None:
             # Released (largen_inference.py): the unconditional branch zeroes only the Assign input (ref_ip); it keeps
@@ -227,7 +245,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
                 noisy_subject = self.scheduler.add_noise(subject_latents.repeat(repeat, 1, 1, 1), subject_noise,
                                                          t.reshape(1))
                 bank = refine(noisy_subject, t, clip_last)
-            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None)
+            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None, added)
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)
