@@ -11,7 +11,7 @@ An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import PIL.Image
@@ -54,6 +54,18 @@ def encode_prompts(
         ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def prompt_conditions(
+    parts: Any, prompts: Sequence[str], pixel_size: Sequence[int]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The text tokens and, on SDXL (``parts.text_encoder_2`` given), the UNet's ``added_cond_kwargs`` (pooled vector +
+    the time ids of a ``pixel_size`` image). ``parts``: the pipeline or the training stage's parts (same names)."""
+    if getattr(parts, "text_encoder_2", None) is None:
+        return encode_prompts(parts.tokenizer, parts.text_encoder, prompts), None
+    tokens, pooled = sdxl.encode_prompt(parts, prompts)
+    ids = sdxl.time_ids(*pixel_size, len(prompts), tokens.device, tokens.dtype)
+    return tokens, {"text_embeds": pooled, "time_ids": ids}
 
 
 def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
@@ -109,17 +121,6 @@ class LarGenInpaintPipeline(DiffusionPipeline):
     @property
     def default_size(self) -> int:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
-
-    def _prompt_conditions(
-        self, prompts: Sequence[str], pixel_size: Sequence[int]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """The text tokens and, on SDXL, the UNet's ``added_cond_kwargs`` (pooled vector + size ids of the working
-        image; the unconditional branch encodes the empty prompt on both backbones)."""
-        if self.text_encoder_2 is None:
-            return encode_prompts(self.tokenizer, self.text_encoder, prompts), None
-        tokens, pooled = sdxl.encode_prompt(self, prompts)
-        ids = sdxl.time_ids(*pixel_size, len(prompts), tokens.device, tokens.dtype)
-        return tokens, {"text_embeds": pooled, "time_ids": ids}
 
     def _decode(self, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return decode_latents(self.decoder, self.vae, latents / self.vae.config.scaling_factor, image, mask)
@@ -207,7 +208,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         repeat = 2 if do_cfg else 1
         prompts = ["", prompt] if do_cfg else [prompt]
-        text, added = self._prompt_conditions(prompts, image.shape[-2:])
+        text, added = prompt_conditions(self, prompts, image.shape[-2:])
         text = text.to(dtype)
         image_embeds = clip_last = None
         if subject is not None:
