@@ -32,3 +32,33 @@ def compose_config(name: str, overrides: list[str] | None = None):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """The app served on 127.0.0.1 (tiny random demo models, 2 steps), shared by a module's tests (tests/app)."""
+    from types import SimpleNamespace
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    pytest.importorskip("gradio")
+    from asuka.app.page import launch
+
+    out = tmp_path_factory.mktemp("app")
+    overrides = ["experiment=demo", "steps=2", f"app.out_dir={out}", f"app.port={_free_port()}"]
+    import asuka.utils.cli  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose(config_name="app", overrides=overrides)
+        page, models = launch(cfg, overrides, block=False)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{cfg.app.port}/", models=models, out=out)
+    finally:
+        page.close()

@@ -67,7 +67,7 @@ def test_masks_task_without_the_anchor() -> None:
     """``masks.anchor=false`` (a key of configs/benchmark.yaml) times the mixture alone: no anchor figures, no ratios."""
     from conftest import compose_config
 
-    from asuka.benchmark.tasks import masks
+    from asuka.benchmark.masks import masks
 
     cfg = compose_config("benchmark", ["task=masks", "size=32", "masks.n=4", "masks.anchor=false", "device=cpu",
                                        "paths.coco_instances=null", "paths.object_masks=null"])

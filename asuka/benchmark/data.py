@@ -76,7 +76,7 @@ def loader_processes(flops_per_image: float | None, cpu_s: float, mfu: float, pe
 
 def data(cfg: DictConfig, env: Any) -> dict[str, Any]:
     """The table of ``task=data`` (see the module docstring)."""
-    from asuka.benchmark.tasks import STAGE_CONFIG, compose_stage_config
+    from asuka.utils.compose import compose_config
     from asuka.data.datasets import build_train_dataset
     from asuka.data.mask_bank import write_mask_bank
     from asuka.data.masks import build_mask_generator
@@ -96,7 +96,7 @@ def data(cfg: DictConfig, env: Any) -> dict[str, Any]:
         base = ["dataset=folder", f"dataset.root={jpegs}", "paths.coco_instances=null", "paths.object_masks=null"]
         if cfg.get("size") is not None:
             base.append(f"resolution={env.size}")
-        stage_cfg = compose_stage_config(STAGE_CONFIG[stage], base)
+        stage_cfg = compose_config(stage, base)
         resolution = int(stage_cfg.resolution)
         bank = tmp / f"bank_{resolution}"
         if any("mask.source=bank" in OPTIONS[o] for o in options) and not bank.exists():
@@ -104,7 +104,7 @@ def data(cfg: DictConfig, env: Any) -> dict[str, Any]:
                             resolution, 0, bank, progress=False)
         for option in options:
             extra = [*OPTIONS[option], *([f"mask.bank={bank}"] if "mask.source=bank" in OPTIONS[option] else [])]
-            dataset = build_train_dataset(compose_stage_config(STAGE_CONFIG[stage], [*base, *extra]))
+            dataset = build_train_dataset(compose_config(stage, [*base, *extra]))
             times = cpu_seconds_per_sample(dataset, n)
             cpu_s = statistics.median(times)
             row = {"stage": stage, "option": option, "resolution": resolution, "cpu_ms_per_sample": cpu_s * 1e3,

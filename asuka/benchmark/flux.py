@@ -65,7 +65,7 @@ def build_flux(name: str, device: torch.device, dtype: torch.dtype, seed: int = 
 
 def inference(cfg: DictConfig, env: Any) -> dict[str, Any]:
     """ASUKA-FLUX vs FLUX.1-Fill-dev at ``env.size`` with ``env.steps`` Euler steps, same seed and inputs."""
-    from asuka.benchmark.tasks import _finite, _place, inference_inputs
+    from asuka.benchmark.common import finite, inference_inputs, place
     from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline
 
     if env.size % 16:
@@ -73,12 +73,12 @@ def inference(cfg: DictConfig, env: Any) -> dict[str, Any]:
     model_cfg = bm.model_config(env.model)
     t0 = time.perf_counter()
     comps = build_flux(env.model, env.device, env.dtype, env.seed)
-    mae = _place(bm.build_mae(model_cfg, env.seed).requires_grad_(False).eval(), env.device, env.dtype)
+    mae = place(bm.build_mae(model_cfg, env.seed).requires_grad_(False).eval(), env.device, env.dtype)
     heads = {}
     for name in ("alignment", "alignment_clip"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(env.seed)
-            heads[name] = _place(AlignmentModule(**OmegaConf.to_container(model_cfg[name])).requires_grad_(False)
+            heads[name] = place(AlignmentModule(**OmegaConf.to_container(model_cfg[name])).requires_grad_(False)
                                  .eval(), env.device, env.dtype)
     shapes = (int(comps.transformer.config.joint_attention_dim), int(comps.transformer.config.pooled_projection_dim))
     tokens = (int(model_cfg.mae.img_size) // int(model_cfg.mae.patch_size)) ** 2
@@ -116,7 +116,7 @@ def inference(cfg: DictConfig, env: Any) -> dict[str, Any]:
         "ratio": a.median / f.median, "overhead_pct": (a.median / f.median - 1.0) * 100.0,
         "ratio_per_round": [ta / tf for ta, tf in zip(a.times, f.times)],
         "tokens": {"asuka_flux": tokens, "flux_fill": BASELINE_TOKENS}, "guidance": guidance,
-        "output_type": output_type, "outputs_finite": all(_finite(v) for v in outputs.values()), "build_s": build_s,
+        "output_type": output_type, "outputs_finite": all(finite(v) for v in outputs.values()), "build_s": build_s,
         "parameters_m": {"transformer": bm.parameter_count(comps.transformer) / 1e6,
                          "vae": bm.parameter_count(comps.vae) / 1e6, "mae": bm.parameter_count(mae) / 1e6,
                          **{k: bm.parameter_count(v) / 1e6 for k, v in heads.items()}},

@@ -40,12 +40,12 @@ def _random_flux_fill(env: Any) -> Iterator[None]:
 
 def train_align_flux(cfg: DictConfig, env: Any) -> dict[str, Any]:
     """FLOPs per sample and step time of stage 2 on FLUX (``size``: a multiple of 16; default 512, the paper's)."""
-    from asuka.benchmark.tasks import _train_task
+    from asuka.benchmark.training import train_task
 
     if env.size % 16:
         raise ConfigError("size", f"FLUX needs a multiple of 16, got {env.size}")
     if env.model == "flux_tiny":
-        return _train_task(cfg, env)
+        return train_task(cfg, env)
     if env.device.type != "cuda":
         raise ConfigError("device", "model=flux_fill trains against the 11.9B transformer: it needs a GPU "
                                     "(use model=flux_tiny on a CPU)")
@@ -55,4 +55,4 @@ def train_align_flux(cfg: DictConfig, env: Any) -> dict[str, Any]:
                      "stage_overrides": [*((cfg.get("train") or {}).get("stage_overrides") or []),
                                          "align.null_conditions=zeros"]}
     with _random_flux_fill(env):
-        return _train_task(cfg, env)
+        return train_task(cfg, env)

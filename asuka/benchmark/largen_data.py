@@ -20,7 +20,7 @@ import torch
 import transformers as T
 from omegaconf import DictConfig
 
-from asuka.benchmark.tasks import BenchEnv
+from asuka.benchmark.common import BenchEnv
 from asuka.benchmark.timing import CLOCKS, count_flops, peak_bf16_flops, print_round, time_runs
 from asuka.data.largen_engine import captioner, detector, segmenter, tagger
 from asuka.data.largen_engine.samples import make_object_scene

@@ -8,12 +8,12 @@ builds them. ``model=tiny`` swaps in the tiny test models (``configs/model/tiny.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asuka.utils.compose import configs_dir
 from asuka.utils.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where the models are built: task=masks / data start without them
@@ -60,11 +60,6 @@ SD15_VAE_CONFIG: dict[str, Any] = {
     "sample_size": 512,
     "scaling_factor": 0.18215,
 }
-
-
-def configs_dir() -> Path:
-    """The checkout's ``configs/`` folder (the package is installed editable from the checkout)."""
-    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def check_model_name(name: str) -> str:

@@ -18,8 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.benchmark.data import data_table
-from asuka.benchmark.models import configs_dir
-from asuka.benchmark.tasks import BenchEnv, cpu_name, resolve_env, run_task
+from asuka.benchmark.common import BenchEnv, cpu_name, resolve_env
+from asuka.benchmark.tasks import run_task
+from asuka.benchmark.timing import peak_memory, reset_peak_memory
+from asuka.utils.compose import configs_dir
 
 # The targets the benchmarks are held to (benchmarks, not tests): see docs/benchmarks.md.
 INFERENCE_OVERHEAD_GPU = 0.05   # ASUKA <= 1.05 x SD-inpainting time at 512, 50 steps, bf16, GPU
@@ -143,7 +145,9 @@ def run_benchmark(cfg: DictConfig, command: str | None = None) -> dict[str, Any]
                      "seed": env.seed},
         "machine": machine_info(env.device),
     }
+    reset_peak_memory(env.device)
     result = run_task(cfg, env)
+    report["peak_memory"] = peak_memory(env.device)  # the whole task: model building, warm-up and timed runs
     report["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["results"] = result
     report["targets"] = evaluate_targets(env, result)

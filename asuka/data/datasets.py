@@ -154,18 +154,20 @@ def build_train_dataset(cfg: Any) -> "TrainDataset":
 
 
 class EvalDataset(torch.utils.data.Dataset):
-    """Fixed image/mask pairs resized to ``resolution`` (image bicubic, mask nearest then >= 0.5 is hole).
+    """Fixed image/mask pairs resized to ``resolution`` (image bicubic, mask nearest then >= 0.5 is hole, or its grey
+    values with ``soft``).
 
     The image and its mask must have the same size before resizing (a mismatch names both files). Items with
     ``center_crop`` (Places2) are cut to a centred square first and, if their size still differs from the mask's,
     resized to it. ``resolution=None`` keeps the file size.
     """
 
-    def __init__(self, items: Sequence[ImageItem], resolution: int | None) -> None:
+    def __init__(self, items: Sequence[ImageItem], resolution: int | None, soft: bool = False) -> None:
         if not items:
             raise DataError("evaluation dataset: the image source is empty")
         self.items = list(items)
         self.resolution = None if resolution is None else int(resolution)
+        self.soft = soft  # grey masks kept as gray / 255 (eval.py recipe=official), else >= 128 is hole
 
     collate = staticmethod(collate)
 
@@ -176,7 +178,7 @@ class EvalDataset(torch.utils.data.Dataset):
         item = self.items[int(index)]
         if item.mask is None:
             raise DataError(f"{item.image}: no mask file for this evaluation image (set the dataset's mask folder)")
-        img, mask = load_image(item.image), load_mask(item.mask)
+        img, mask = load_image(item.image), load_mask(item.mask, soft=self.soft)
         mask_size = (mask.shape[1], mask.shape[0])
         if item.center_crop:
             side = min(img.size)
@@ -189,7 +191,7 @@ class EvalDataset(torch.utils.data.Dataset):
         r = self.resolution
         if r is not None and img.size != (r, r):
             img = img.resize((r, r), Image.BICUBIC)
-            mask_img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize((r, r), Image.NEAREST)
-            mask = np.asarray(mask_img) >= 128
+            mask_img = Image.fromarray(np.round(mask * 255).astype(np.uint8), mode="L").resize((r, r), Image.NEAREST)
+            mask = np.asarray(mask_img, dtype=np.float32) / 255.0 if self.soft else np.asarray(mask_img) >= 128
         return {"image": pil_to_tensor(img), "mask": _mask_tensor(mask), "name": item.name, "domain": item.domain,
                 "index": int(index)}

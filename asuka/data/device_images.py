@@ -19,6 +19,9 @@ IMAGE_WORK = ("cpu", "gpu")
 _JPEG_MAGIC = b"\xff\xd8"
 
 
+UPRIGHT = {"apply_exif_orientation": True}  # as load_image: the image as displayed, not as the sensor stored it
+
+
 def _decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """uint8 RGB ``[3, H, W]`` of each file's bytes: JPEGs in one batched call on ``device``, the rest on the CPU. If
     the batched call fails, each JPEG is decoded alone; a file that fails alone (its body is corrupt) is None."""
@@ -34,13 +37,14 @@ def _decode(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Ten
     jpegs = [i for i, data in enumerate(encoded) if bytes(data[:2].tolist()) == _JPEG_MAGIC]
     if jpegs:
         try:
-            decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device, **UPRIGHT)
         except RuntimeError:
-            decoded = [alone(lambda d: decode_jpeg(d, mode=ImageReadMode.RGB, device=device), encoded[i]) for i in jpegs]
+            decoded = [alone(lambda d: decode_jpeg(d, mode=ImageReadMode.RGB, device=device, **UPRIGHT), encoded[i])
+                       for i in jpegs]
         for i, img in zip(jpegs, decoded):
             out[i] = img
     for i in sorted(set(range(len(encoded))) - set(jpegs)):
-        out[i] = alone(lambda d: decode_image(d, mode=ImageReadMode.RGB).to(device), encoded[i])
+        out[i] = alone(lambda d: decode_image(d, mode=ImageReadMode.RGB, **UPRIGHT).to(device), encoded[i])
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from asuka.utils.errors import DataError
 
@@ -31,12 +31,24 @@ def _read_errors(path: str | os.PathLike) -> Iterator[None]:
         raise DataError(f"{path}: cannot read image ({reason})") from None
 
 
+EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations stored with width and height swapped
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode a file, so that a truncated or corrupt file fails here with its name."""
+    """Open and fully decode a file, so that a truncated or corrupt file fails here with its name, upright as it is
+    displayed: a phone JPEG's EXIF orientation is applied (a mask is drawn on the displayed image)."""
     with _read_errors(path):
         img = Image.open(path)
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)
     return img
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: swapped for the EXIF orientations that turn the image by 90 degrees."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(EXIF_ORIENTATION, 1) in _TURNED else (w, h)
 
 
 def to_gray(img: Image.Image) -> Image.Image:
@@ -80,8 +92,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path}: cannot convert image mode {img.mode} to RGB ({exc})") from None
 
 
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first).
+def load_mask(path: str | os.PathLike, soft: bool = False) -> np.ndarray:
+    """Read a mask file as a bool HxW array (True = hole: grayscale value >= 128, 16-bit scaled to 8-bit first), or
+    with ``soft`` as its gray values / 255 in float32 (the official ASUKA recipe keeps grey masks, as its
+    ``misato_dataset`` reads them).
 
     Two files that would silently mean "no hole" are refused by name: integer values that are only 0 and 1 (a 0/1
     mask saved as 8 or 16 bits), and transparency (which convention it follows, hole = opaque or hole = transparent,
@@ -99,7 +113,7 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     if top == 1:
         raise DataError(f"{path}: mask values are only 0 and 1, so no pixel would be a hole (holes are >= 128 of 255); "
                         "save the hole as 255")
-    return gray >= 128
+    return np.asarray(gray, dtype=np.float32) / 255.0 if soft else gray >= 128
 
 
 def read_image_header(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
@@ -108,18 +122,20 @@ def read_image_header(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
     with _read_errors(path):
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as img:
-            return data, img.size
+            return data, _displayed_size(img)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding where the format allows a cheap integrity check (PNG
+    """(width, height) as displayed (EXIF orientation), from the file header, without decoding where the format allows a cheap integrity check (PNG
     chunk checksums, the JPEG end marker; other formats are decoded): finds bad files before hours of work."""
-    with _read_errors(path), Image.open(path) as img:
-        size, fmt = img.size, img.format
-        if fmt == "PNG":
-            img.verify()
-        elif fmt != "JPEG" or not _ends_with(path, b"\xff\xd9"):
-            img.load()
+    with _read_errors(path):
+        with Image.open(path) as img:
+            size, fmt = _displayed_size(img), img.format
+        with Image.open(path) as img:  # verify must come straight after open
+            if fmt == "PNG":
+                img.verify()
+            elif fmt != "JPEG" or not _ends_with(path, b"\xff\xd9"):
+                img.load()
     return size
 
 

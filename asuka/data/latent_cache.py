@@ -14,16 +14,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from asuka.data.sharded_folder import ShardedFolder, pending_shards
 from asuka.utils.errors import AsukaError
-
-INDEX_FILE = "index.json"
 
 
 def shard_name(shard: int) -> str:
     return f"shard_{shard:05d}.safetensors"
 
 
-class LatentCache:
+class LatentCache(ShardedFolder):
     """A folder of safetensors shards (``shard_00000.safetensors``: tensors keyed by dataset index) + ``index.json``.
 
     ``index.json`` records the settings the tensors were made with and maps indices to shards as ranges
@@ -34,9 +33,8 @@ class LatentCache:
     """
 
     def __init__(self, root: str | os.PathLike, max_open: int = 32) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.max_open = max_open
-        self.meta: dict[str, Any] | None = None
         self._missing: set[int] = set()
         self._open: OrderedDict[int, Any] = OrderedDict()
 
@@ -49,9 +47,6 @@ class LatentCache:
     # -- writing
     def shard_path(self, shard: int) -> Path:
         return self.root / shard_name(shard)
-
-    def num_shards(self, num_items: int, shard_size: int) -> int:
-        return -(-num_items // shard_size)
 
     def shard_complete(self, shard: int) -> bool:
         return self.shard_path(shard).is_file()
@@ -80,42 +75,13 @@ class LatentCache:
         with safe_open(str(self.shard_path(shard)), framework="pt") as fh:
             return json.loads((fh.metadata() or {}).get("missing", "[]"))
 
-    def write_index(self, meta: dict[str, Any]) -> None:
-        """Write ``index.json`` atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{INDEX_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, self.root / INDEX_FILE)
-        self.meta = meta
-
-    def read_index(self) -> dict[str, Any] | None:
-        path = self.root / INDEX_FILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise AsukaError(f"{path}: unreadable cache index ({exc})") from None
-
     # -- reading
     @classmethod
     def open(cls, root: str | os.PathLike, expect: Mapping[str, Any] | None = None, hint: str = "",
              what: str = "cache") -> "LatentCache":
-        """Open a finished cache for training; AsukaError when it is missing, unfinished, or its index disagrees
-        with ``expect`` (the settings the training run needs). ``hint`` says how to fix it, ``what`` names it."""
-        cache = cls(root)
-        meta = cache.read_index()
-        hint = f" ({hint})" if hint else ""
-        if meta is None:
-            raise AsukaError(f"{cache.root / INDEX_FILE}: no {what} here{hint}")
-        if not meta.get("complete"):
-            raise AsukaError(f"{cache.root}: the {what} is unfinished{hint}")
-        wrong = [k for k, v in (expect or {}).items() if meta.get(k) != v]
-        if wrong:
-            said = "; ".join(f"{k}: {_short(meta.get(k))} in the cache, {_short(expect[k])} here" for k in wrong)
-            raise AsukaError(f"{cache.root}: {what} made for other data ({said}){hint}")
-        cache.meta = meta
-        cache._missing = set(int(i) for i in meta.get("missing", []))
+        """The finished cache (see :meth:`ShardedFolder.open`), with the indices that have no tensor."""
+        cache = super().open(root, expect, hint, what)
+        cache._missing = set(int(i) for i in cache.meta.get("missing", []))
         return cache
 
     def _handle(self, shard: int) -> Any:
@@ -148,19 +114,6 @@ class LatentCache:
             return handle.get_tensor(str(index)).float()
         except Exception:  # key absent (an unreadable image): no tensor
             return None
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def pending_shards(cache: LatentCache, num_items: int, shard_size: int, rank: int, world_size: int) -> list[int]:
-    """This rank's shards (``s % world_size == rank``) that are not on disk yet."""
-    return [
-        s for s in range(cache.num_shards(num_items, shard_size))
-        if s % world_size == rank and not cache.shard_complete(s)
-    ]
 
 
 class ShardWriter:

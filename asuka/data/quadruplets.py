@@ -4,7 +4,7 @@ A manifest root holds ``index.json`` and one folder per shard, ``shard_00000/``,
 record per line), the PNGs the records name (paths relative to the root), and ``summary.json`` (the counts of the
 data engine for that shard). Shard ``s`` covers the source images ``[s*N, (s+1)*N)`` of the sorted image list; rank
 ``s % world_size`` mines it; a shard folder appears only complete (built under a temporary name, then renamed), so a
-rerun redoes only missing shards. ``index.json`` is the latent caches' index (``asuka.data.latent_cache``) with
+rerun redoes only missing shards. ``index.json`` is the latent caches' index (``asuka.data.sharded_folder``) with
 ``"complete": true`` once every shard exists. Written by ``scripts/make_largen_data.py``; read by ``load_manifest``.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from asuka.data.latent_cache import LatentCache
+from asuka.data.sharded_folder import ShardedFolder
 from asuka.utils.errors import DataError
+from asuka.utils.paths import inside
 
 RECORDS_FILE = "quadruplets.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -53,8 +54,11 @@ class Quadruplet:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], root: str | os.PathLike) -> "Quadruplet":
-        root = Path(root)
-        return cls(id=str(record["id"]), **{k: root / record[k] for k in _FILES}, caption=str(record["caption"]),
+        root, qid = Path(root), str(record["id"])
+        what = f"{root}: quadruplet {qid!r}"
+        inside(root, qid, f"{what}: id")  # ids name files that LAR-Gen and eval write under their run folders
+        return cls(id=qid, **{k: inside(root, str(record[k]), f"{what}: {k}") for k in _FILES},
+                   caption=str(record["caption"]),
                    tag=str(record["tag"]), box=tuple(int(v) for v in record["box"]),
                    scores={k: float(v) for k, v in record["scores"].items()}, source=str(record["source"]))
 
@@ -62,8 +66,9 @@ class Quadruplet:
 _FILES = ("scene", "mask", "subject", "subject_mask")
 
 
-class QuadrupletStore(LatentCache):
-    """The manifest folder: the latent caches' index and resume logic, with a folder of files per shard."""
+class QuadrupletStore(ShardedFolder):
+    """The manifest folder: the latent caches' index and resume logic (``ShardedFolder``), with a folder of files per
+    shard."""
 
     def shard_path(self, shard: int) -> Path:
         return self.root / f"shard_{shard:05d}"

@@ -31,6 +31,7 @@ from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
 from asuka.utils.errors import AsukaError, ConfigError, DataError
+from asuka.utils.paths import inside
 from asuka.utils.workers import resolve_num_workers
 
 METHODS = ("asuka", "sd", "sd_text", "asuka_flux", "flux_fill", "predictions")
@@ -202,25 +203,9 @@ def load_items(cfg: DictConfig) -> list[Any]:
 
 
 def _build_generator_pipeline(cfg: DictConfig, device: torch.device) -> Any:
-    method = cfg.method.name
-    if method == "flux_fill":
-        from asuka.pipelines.build_flux import build_flux_pipeline, with_flux_model
+    from asuka.pipelines.methods import build_method_pipeline
 
-        pipe = build_flux_pipeline(with_flux_model(cfg), device=device, baseline=True)
-    elif method in ("asuka", "asuka_flux"):
-        from asuka.pipelines.build import build_pipeline
-        from asuka.pipelines.build_flux import with_flux_model
-
-        pipe = build_pipeline(with_flux_model(cfg) if method == "asuka_flux" else cfg, device=device)
-    else:
-        from asuka.pipelines.baselines import load_sd_baseline
-
-        # half precision is for GPUs; on the CPU the baseline runs in float32 whatever model.sd.dtype says
-        dtype = torch.float32 if device.type == "cpu" else None
-        pipe = load_sd_baseline(cfg.paths.sd_inpaint, prompt=str(cfg.method.get("prompt", "")), device=device,
-                                dtype=dtype, sd_cfg=OmegaConf.select(cfg, "model.sd"))
-    if method not in ("asuka_flux", "flux_fill"):  # FLUX pipelines are placed (or CPU-offloaded) by their builder
-        pipe = pipe.to(device)
+    pipe = build_method_pipeline(cfg, device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -256,9 +241,11 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
     state = PartialState(cpu=bool(OmegaConf.select(cfg, "trainer.cpu", default=False)))
     device = state.device
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = EvalDataset(items, int(cfg.resolution))
+    official = _official(cfg)
+    dataset = EvalDataset(items, int(cfg.resolution), soft=official)
+    targets = [inside(out_dir, f"{item_key(it.name)}.png", f"dataset item {it.name!r}") for it in items]
     with state.split_between_processes(list(range(len(items)))) as mine:
-        todo = [i for i in mine if not (out_dir / f"{item_key(items[i].name)}.png").is_file()]
+        todo = [i for i in mine if not targets[i].is_file()]
     if state.is_main_process:
         print(f"[eval] generating {len(items)} images with method={cfg.method.name} into {out_dir} "
               f"({state.num_processes} process(es); {len(todo)} to do on the main process)")
@@ -270,14 +257,15 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
             idx = todo[start:start + batch_size]
             samples = [dataset[i] for i in idx]
             images = [tensor_to_pil(s["image"]) for s in samples]
-            masks = [tensor_to_pil((s["mask"] >= MASK_THRESHOLD).float().expand(3, -1, -1) * 2 - 1).convert("L")
-                     for s in samples]
+            # the official recipe keeps grey masks (misato_dataset divides by 255 and never thresholds)
+            masks = [tensor_to_pil((s["mask"] if official else (s["mask"] >= MASK_THRESHOLD).float())
+                                   .expand(3, -1, -1) * 2 - 1).convert("L") for s in samples]
             gens = [torch.Generator("cpu").manual_seed(int(cfg.seed) + i) for i in idx]
             out = pipe(image=images, mask_image=masks, num_inference_steps=int(cfg.num_inference_steps),
                        generator=gens, output_type="pil")
             outs = out.images if hasattr(out, "images") else out[0]
             for i, img in zip(idx, outs):
-                _save_png(img, out_dir / f"{item_key(items[i].name)}.png")
+                _save_png(img, targets[i])
             bar.update(len(idx))
         bar.close()
     state.wait_for_everyone()
@@ -346,10 +334,23 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _official(cfg: DictConfig) -> bool:
+    """``recipe=official``: grey masks kept, Grad and the CLIP hole as the released scripts (ASUKA-FLUX only)."""
+    return str(cfg.get("recipe") or "ours") == "official"
+
+
 def _validate(cfg: DictConfig) -> None:
     method = cfg.method.get("name")
+    from asuka.eval.subject import SUBJECT_METHODS
+
+    if method in SUBJECT_METHODS and method not in METHODS:  # a subject-conditioned method: the dataset is the fix
+        raise ConfigError("dataset", f"method={method} needs a subject benchmark: dataset=largen_samples "
+                                     f"(or dataset=dreambench_coco), not dataset={cfg.dataset.get('name')}")
     if method not in METHODS:
         raise ConfigError("method.name", f"{method!r}: expected one of {', '.join(METHODS)}")
+    if _official(cfg) and method not in ("asuka_flux", "flux_fill", "predictions"):
+        raise ConfigError("recipe", f"'official' is the released ASUKA-FLUX script's recipe (method=asuka_flux, "
+                                    f"flux_fill, or predictions made by it), not method={method}")
     if method == "predictions" and not cfg.get("predictions_dir"):
         raise ConfigError("predictions_dir", "method=predictions needs predictions_dir=<folder of inpainted images>")
     if int(cfg.resolution) <= 0:
@@ -412,8 +413,9 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     clip_model, clip_info = build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "grad", "clip", "color_error",
                                                   "hole_fraction")}
-    pairs = _ScoredPairs(EvalDataset(items, res), pred_paths, items, use_composite, int(m.band),
-                         official=str(cfg.get("recipe") or "ours") == "official")
+    official = _official(cfg)
+    pairs = _ScoredPairs(EvalDataset(items, res, soft=official), pred_paths, items, use_composite, int(m.band),
+                         official=official)
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=int(cfg.batch_size), shuffle=False, collate_fn=_collate,
         num_workers=resolve_num_workers(OmegaConf.select(cfg, "trainer.num_workers", default=0) or 0))

@@ -29,6 +29,7 @@ from asuka.eval.subject_metrics import SubjectScorer, background_psnr, dino_weig
 from asuka.models.largen.clip_image import prepare_subject
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
+from asuka.utils.paths import inside
 
 SUBJECT_METHODS = ("largen", "sd_text", "sd_ip_adapter", "paint_by_example")
 BENCHMARK_FILE = "benchmark.jsonl"
@@ -61,8 +62,12 @@ def load_subject_items(dataset_cfg: Any) -> list[SubjectItem]:
             continue
         try:
             r = json.loads(line)
-            item = SubjectItem(str(r["name"]), root / r["scene"], root / r["mask"], root / r["subject"],
-                               root / r["subject_mask"] if r.get("subject_mask") else None, str(r.get("prompt", "")))
+            where = f"{path}:{n}"
+            name = str(r["name"])
+            inside(root, f"{name}.png", f"{where}: name")  # it names the prediction written under the run folder
+            item = SubjectItem(name, *(inside(root, str(r[k]), f"{where}: {k}") for k in ("scene", "mask", "subject")),
+                               inside(root, str(r["subject_mask"]), f"{where}: subject_mask")
+                               if r.get("subject_mask") else None, str(r.get("prompt", "")))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"{path}:{n}: bad benchmark line ({exc})") from None
         missing = [str(p) for p in (item.scene, item.mask, item.subject, item.subject_mask) if p and not p.is_file()]
@@ -187,7 +192,8 @@ def _load_ip_adapter(cfg: DictConfig, pipe: Any, work_dir: Path) -> torch.nn.Mod
 
 def generate(cfg: DictConfig, items: list[SubjectItem], out_dir: Path, device: torch.device) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i, it in enumerate(items) if not (out_dir / f"{it.name}.png").is_file()]
+    targets = [inside(out_dir, f"{it.name}.png", f"benchmark item name {it.name!r}") for it in items]
+    todo = [i for i, t in enumerate(targets) if not t.is_file()]
     if not todo:
         return
     method = build_method(cfg, device, out_dir.parent)
@@ -195,9 +201,9 @@ def generate(cfg: DictConfig, items: list[SubjectItem], out_dir: Path, device: t
         scene, hole, subject, sub_mask = _inputs(items[i], int(cfg.resolution))
         gen = torch.Generator("cpu").manual_seed(int(cfg.seed) + i)
         image = method(scene, hole, items[i].prompt, subject, sub_mask, gen).convert("RGB")
-        tmp = out_dir / f".{items[i].name}.tmp"
+        tmp = targets[i].with_name(f".{targets[i].name}.tmp")
         image.save(tmp, format="PNG")
-        os.replace(tmp, out_dir / f"{items[i].name}.png")
+        os.replace(tmp, targets[i])
 
 
 def score(cfg: DictConfig, items: list[SubjectItem], out_dir: Path, device: torch.device) -> tuple[dict, list[dict]]:

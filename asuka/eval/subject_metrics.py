@@ -75,7 +75,7 @@ class SubjectScorer:
 
     def _text_ids(self, prompts: list[str]) -> torch.Tensor:
         if self.tokenizer is None:
-            from asuka.pipelines.baselines import tiny_token_ids
+            from asuka.models.tiny_text import tiny_token_ids
 
             return torch.cat([tiny_token_ids(p) for p in prompts])
         return self.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids

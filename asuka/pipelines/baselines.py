@@ -13,49 +13,24 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from asuka.models.frozen import resolve_dtype
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
+from asuka.models.tiny_text import tiny_text_config, tiny_token_ids
 from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, empty_masks_output, finish,
                                                    preprocess_inpaint_inputs)
 from asuka.utils.config import cfg_get
 from asuka.utils.errors import AsukaError
 
 DEFAULT_GUIDANCE = 7.5  # our choice: diffusers' default for SD-1.5 inpainting (the paper does not give it)
-TINY_VOCAB = 1000
-TINY_MAX_LENGTH = 77
 
 
 def tiny_text_encoder(seed: int = 0, hidden_size: int = 32) -> CLIPTextModel:
     """A small random CLIP text encoder whose width matches the tiny UNet's cross-attention (tests and the demo)."""
-    config = CLIPTextConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TINY_MAX_LENGTH,
-        projection_dim=hidden_size,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIPTextModel(config).eval().requires_grad_(False)
-
-
-def tiny_token_ids(prompt: str) -> torch.Tensor:
-    """Fixed token ids for the tiny encoder: BOS, the prompt's UTF-8 bytes (offset past the specials), EOS padding.
-
-    A vocabulary-free CLIPTokenizer maps every word to the same unknown token, so "" and "background" would be
-    indistinguishable; bytes keep prompts apart without any vocabulary file.
-    """
-    body = [3 + b for b in prompt.encode("utf-8")][: TINY_MAX_LENGTH - 2]
-    ids = [0, *body, 2]
-    ids += [2] * (TINY_MAX_LENGTH - len(ids))
-    return torch.tensor([ids])
+        return CLIPTextModel(tiny_text_config(hidden_size)).eval().requires_grad_(False)
 
 
 class SDInpaintBaseline:

@@ -2,15 +2,14 @@
 
 ``build_pipeline(cfg)`` reads the SD folder, the stage-1 MAE, the stage-2 alignment module and the optional stage-3
 decoder from config; ``scripts/export_pipeline.py`` writes the result with ``save_pretrained``; ``load_pipeline``
-reads such a folder back (``model_index.json`` names the ``asuka`` classes, so it round-trips).
+reads such a folder back (``asuka.pipelines.loading``; ``model_index.json`` names the ``asuka`` classes, so it
+round-trips).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -19,35 +18,14 @@ from asuka.models.alignment import AlignmentModule
 from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.backbones.flux import FluxFill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.models.frozen import resolve_dtype
 from asuka.models.sd import build_inference_scheduler
+from asuka.pipelines.loading import (check_compatible, freeze_pipeline, load_alignment_folder, load_decoder_folder,
+                                     load_pipeline, model_block, override_or_path)
 from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline
-from asuka.utils.config import cfg_get, is_given
-from asuka.utils.errors import AsukaError, ConfigError
+from asuka.utils.config import is_given
+from asuka.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def override_or_path(cfg: DictConfig, key: str, paths_key: str) -> Any:
-    """A top-level override (``mae=...``) when the config has one, else ``paths.<paths_key>``."""
-    if key in cfg and is_given(cfg.get(key)):
-        return cfg.get(key)
-    return cfg_get(cfg.get("paths"), paths_key)
-
-
-def model_block(cfg: DictConfig, name: str) -> dict:
-    block = cfg.model.get(name)
-    return dict(OmegaConf.to_container(block, resolve=True)) if isinstance(block, DictConfig) else dict(block or {})
-
-
-def load_alignment_folder(path: Any) -> AlignmentModule:
-    folder = Path(os.path.expanduser(str(path)))
-    if not (folder / "config.json").is_file():
-        raise AsukaError(f"{folder}: not an alignment-module folder (expected config.json + safetensors from stage 2)")
-    try:
-        return AlignmentModule.from_pretrained(str(folder)).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise AsukaError(f"{folder}: cannot load the alignment module ({str(exc).splitlines()[0]})") from None
 
 
 def _tiny_alignment(cfg: DictConfig, name: str = "alignment") -> AlignmentModule:
@@ -57,48 +35,6 @@ def _tiny_alignment(cfg: DictConfig, name: str = "alignment") -> AlignmentModule
             return AlignmentModule(**model_block(cfg, name)).eval()
         except TypeError as exc:
             raise ConfigError(f"model.{name}", str(exc)) from None
-
-
-def load_decoder_folder(path: Any):
-    from asuka.models.decoder import AsukaDecoder
-
-    folder = Path(os.path.expanduser(str(path)))
-    if not (folder / "config.json").is_file():
-        raise AsukaError(f"{folder}: not a decoder folder (expected config.json + safetensors from stage 3)")
-    try:
-        return AsukaDecoder.from_pretrained(str(folder)).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise AsukaError(f"{folder}: cannot load the decoder ({str(exc).splitlines()[0]})") from None
-
-
-def check_compatible(pipe: AsukaInpaintPipeline) -> None:
-    """The parts must fit together: MAE width -> alignment -> UNet cross-attention; decoder latents = VAE latents."""
-    mae_dim = int(pipe.mae.config.decoder_embed_dim)
-    if int(pipe.alignment.config.in_dim) != mae_dim:
-        raise ConfigError(
-            "model.alignment.in_dim", f"is {pipe.alignment.config.in_dim} but the MAE's prior has width {mae_dim}"
-        )
-    cross = int(pipe.unet.config.cross_attention_dim)
-    if int(pipe.alignment.config.out_dim) != cross:
-        raise ConfigError(
-            "model.alignment.out_dim",
-            f"is {pipe.alignment.config.out_dim} but the UNet's cross-attention width is {cross}",
-        )
-    pooled = getattr(pipe, "alignment_clip", None)
-    if pooled is not None and int(pooled.config.in_dim) != mae_dim:
-        raise ConfigError("model.alignment_clip.in_dim",
-                          f"is {pooled.config.in_dim} but the MAE's prior has width {mae_dim}")
-    if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
-        raise ConfigError("model.decoder", "the decoder's latent channels differ from the SD VAE's")
-
-
-def freeze_pipeline(pipe: Any) -> Any:
-    """Every model component of an ASUKA pipeline (SD or FLUX) frozen and in eval mode."""
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-            module.eval()
-    return pipe
 
 
 def build_pipeline(
@@ -165,35 +101,6 @@ def build_pipeline(
         alignment_clip=alignment_clip,
     )
     check_compatible(pipe)
-    return freeze_pipeline(pipe).to(device)
-
-
-def load_pipeline(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
-) -> Any:
-    """Read a folder written by ``save_pretrained`` (``scripts/export_pipeline.py``); frozen, eval mode.
-
-    ``dtype`` (e.g. ``"float16"`` on a GPU) applies to the UNet (or FLUX transformer) and VAE; the MAE and
-    alignment stay float32. ``model_index.json`` says which pipeline class it is (ASUKA-SD or ASUKA-FLUX).
-    """
-    folder = Path(os.path.expanduser(str(path)))
-    if not (folder / "model_index.json").is_file():
-        raise AsukaError(
-            f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)"
-        )
-    from asuka.pipelines.build_flux import check_flux_compatible
-    from asuka.pipelines.pipeline_asuka_flux import AsukaFluxFillPipeline
-
-    classes = {cls.__name__: cls for cls in (AsukaInpaintPipeline, AsukaFluxFillPipeline)}
-    cls = classes.get(json.loads((folder / "model_index.json").read_text()).get("_class_name"), AsukaInpaintPipeline)
-    # the backbone and its VAE are read straight into ``dtype`` (no float32 copy of a 12B transformer)
-    dt = None if dtype is None else resolve_dtype(dtype, "dtype")
-    kwargs = {} if dt is None else {"torch_dtype": {"unet": dt, "transformer": dt, "vae": dt, "default": torch.float32}}
-    try:
-        pipe = cls.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:
-        raise AsukaError(f"{folder}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
-    (check_flux_compatible if cls is AsukaFluxFillPipeline else check_compatible)(pipe)
     return freeze_pipeline(pipe).to(device)
 
 

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +15,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from asuka.models.alignment import AlignmentModule
-from asuka.models.backbones import ConditionShapes, backbone_for, is_tiny
-from asuka.models.backbones.flux import GUIDANCE, FluxConditions, FluxFill, load_flux_fill
+from asuka.models.backbones import backbone_for, is_tiny
+from asuka.models.backbones.flux import GUIDANCE, FluxFill, load_flux_fill
 from asuka.models.mae_import import TINY_SEED, load_frozen_mae
-from asuka.pipelines.build import freeze_pipeline, load_alignment_folder, load_decoder_folder, load_pipeline, model_block
+from asuka.models.backbones.flux_released import converted_part, flux_conditions, use_part
+from asuka.pipelines.loading import (check_flux_compatible, freeze_pipeline, load_alignment_folder, load_decoder_folder,
+                                     load_pipeline, model_block)
 from asuka.pipelines.pipeline_asuka_flux import CONDITION_WEIGHT, AsukaFluxFillPipeline, check_recipe
 from asuka.utils.config import is_given
-from asuka.utils.errors import AsukaError, ConfigError
-from asuka.utils.safe_load import load_state_dict
-
-# Where each part lies inside paths.asuka_flux (the converter's layout).
-LAYOUT = {"mae": "mae", "alignment": "alignment/t5", "alignment_clip": "alignment/clip", "decoder": "decoder",
-          "conditions": "conditions"}
-# The released condition tensors: ASUKA blends with the null pair, the baseline runs with the stored prompt.
-CONDITION_FILES = {"asuka": ("txt_256", "vec"), "baseline": ("txt", "vec")}
-
-
-def _part(cfg: DictConfig, name: str) -> Path | None:
-    """``<name>=`` on the command line, else ``paths.asuka_flux/<layout>`` when that folder is given."""
-    if is_given(cfg.get(name)):
-        return Path(os.path.expanduser(str(cfg.get(name))))
-    root = OmegaConf.select(cfg, "paths.asuka_flux")
-    return Path(os.path.expanduser(str(root))) / LAYOUT[name] if is_given(root) else None
-
-
-def _use(path: Path | None, tiny: bool) -> bool:
-    """Read a part from ``path``: always when given with real weights; with tiny parts only when it exists."""
-    return path is not None and (not tiny or path.exists())
-
+from asuka.utils.errors import ConfigError
 
 def _alignment(cfg: DictConfig, name: str, tiny: bool) -> AlignmentModule:
-    path = _part(cfg, name)
-    if _use(path, tiny):
+    path = converted_part(cfg, name)
+    if use_part(path, tiny):
         return load_alignment_folder(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED + (name == "alignment_clip"))
@@ -57,37 +37,11 @@ def _alignment(cfg: DictConfig, name: str, tiny: bool) -> AlignmentModule:
             raise ConfigError(f"model.{name}", str(exc)) from None
 
 
-def _read_tensor(folder: Path, stem: str) -> torch.Tensor:
-    for suffix in (".safetensors", ".pt"):
-        if (folder / f"{stem}{suffix}").is_file():
-            state = load_state_dict(folder / f"{stem}{suffix}")
-            tensors = [state] if isinstance(state, torch.Tensor) else [v for v in state.values()
-                                                                      if isinstance(v, torch.Tensor)]
-            if len(tensors) != 1:
-                raise AsukaError(f"{folder / (stem + suffix)}: expected one tensor, found {len(tensors)}")
-            return tensors[0]
-    raise AsukaError(f"{folder}: no {stem}.safetensors or {stem}.pt (the released condition tensors)")
-
-
-def flux_conditions(cfg: DictConfig, kind: str, shapes: ConditionShapes, tiny: bool) -> FluxConditions:
-    """The condition pair of ``kind`` (``asuka``: the null ``txt_256``/``vec``; ``baseline``: the stored prompt ``txt``/
-    ``vec``) from the converted folder, or seeded random tensors of the right shapes for tiny parts."""
-    folder = _part(cfg, "conditions")
-    if _use(folder, tiny):
-        txt_name, vec_name = CONDITION_FILES[kind]
-        return FluxConditions.from_tensors(_read_tensor(folder, txt_name), _read_tensor(folder, vec_name))
-    tokens = int(cfg.model.mae.img_size) // int(cfg.model.mae.patch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return FluxConditions.from_tensors(torch.randn(1, tokens ** 2, shapes.token_dim),
-                                           torch.randn(1, shapes.pooled_dim))
-
-
 def _decoder(cfg: DictConfig, vae: Any, tiny: bool, random_decoder: bool) -> Any:
     from asuka.models.decoder import build_decoder
 
-    path = _part(cfg, "decoder")
-    if _use(path, tiny):
+    path = converted_part(cfg, "decoder")
+    if use_part(path, tiny):
         return load_decoder_folder(path)
     if random_decoder and tiny:
         decoder_cfg = OmegaConf.create({**model_block(cfg, "decoder"), "source": "tiny", "seed": TINY_SEED})
@@ -107,7 +61,7 @@ def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", ran
     tiny = is_tiny(cfg)
     if not tiny:  # every ASUKA part is found before the 12B transformer loads
         needed = ("conditions",) if baseline else ("mae", "alignment", "alignment_clip", "conditions")
-        missing = [str(p) if p is not None else name for name, p in ((n, _part(cfg, n)) for n in needed)
+        missing = [str(p) if p is not None else name for name, p in ((n, converted_part(cfg, n)) for n in needed)
                    if p is None or not p.exists()]
         if missing:
             raise ConfigError("paths.asuka_flux", f"missing {', '.join(missing)} (give the folder written by "
@@ -117,11 +71,11 @@ def build_flux_pipeline(cfg: DictConfig, device: str | torch.device = "cpu", ran
     shapes = FluxFill().condition_shapes(comps)
     parts: dict[str, Any] = {"mae": None, "alignment": None, "alignment_clip": None, "decoder": None}
     if not baseline:
-        mae_path = _part(cfg, "mae")
+        mae_path = converted_part(cfg, "mae")
         # load_frozen_mae reads the tiny flag from model.sd: give it a view with the FLUX backbone's flag
         view = OmegaConf.create({"model": {"mae": model_block(cfg, "mae"), "sd": {"source": "tiny" if tiny else "-"}},
                                  "paths": {"mae": None}})
-        parts["mae"] = load_frozen_mae(view, str(mae_path) if _use(mae_path, tiny) else None)
+        parts["mae"] = load_frozen_mae(view, str(mae_path) if use_part(mae_path, tiny) else None)
         parts["alignment"] = _alignment(cfg, "alignment", tiny)
         parts["alignment_clip"] = _alignment(cfg, "alignment_clip", tiny)
         parts["decoder"] = _decoder(cfg, comps.vae, tiny, random_decoder)
@@ -174,30 +128,6 @@ def place(pipe: AsukaFluxFillPipeline, device: str | torch.device, offload: str 
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     return pipe
-
-
-def check_flux_compatible(pipe: AsukaFluxFillPipeline) -> None:
-    """MAE width -> both heads; heads -> the transformer's token and pooled widths; stored conditions alike."""
-    cfg = pipe.transformer.config
-    want = {"alignment": int(cfg.joint_attention_dim), "alignment_clip": int(cfg.pooled_projection_dim)}
-    if int(pipe.conditions.config.txt_dim) != want["alignment"] or int(pipe.conditions.config.vec_dim) != \
-            want["alignment_clip"]:
-        raise ConfigError("paths.asuka_flux", f"condition tensors are {pipe.conditions.config.txt_dim}/"
-                          f"{pipe.conditions.config.vec_dim} wide; the transformer takes {want['alignment']}/"
-                          f"{want['alignment_clip']}")
-    if not pipe.uses_prior:
-        return
-    for name, width in want.items():
-        head = getattr(pipe, name)
-        if head is None:
-            raise ConfigError(f"model.{name}", "ASUKA-FLUX needs both alignment heads")
-        if int(head.config.in_dim) != int(pipe.mae.config.decoder_embed_dim):
-            raise ConfigError(f"model.{name}.in_dim", f"is {head.config.in_dim} but the MAE prior has width "
-                              f"{pipe.mae.config.decoder_embed_dim}")
-        if int(head.config.out_dim) != width:
-            raise ConfigError(f"model.{name}.out_dim", f"is {head.config.out_dim} but the transformer takes {width}")
-    if pipe.decoder is not None and int(pipe.decoder.config.latent_channels) != int(pipe.vae.config.latent_channels):
-        raise ConfigError("model.decoder", "the decoder's latent channels differ from the FLUX AE's")
 
 
 def with_flux_model(cfg: DictConfig) -> DictConfig:

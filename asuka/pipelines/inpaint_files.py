@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from asuka.data.images import IMAGE_EXTENSIONS, image_size, list_images, load_image, load_mask
+from asuka.pipelines.methods import flux_kwargs
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
@@ -68,19 +69,13 @@ def _pipeline(cfg: DictConfig, device: torch.device) -> "AsukaInpaintPipeline":
     if is_given(cfg.get("pipeline")):
         pipe = load_pipeline(str(cfg.pipeline), device=device, dtype=cfg.get("dtype"))
         return recipe_for(pipe, str(cfg.get("recipe") or "ours"))
+    if cfg.method.name != "asuka":  # the baselines and ASUKA-FLUX: built from paths.* as eval.py builds them
+        from asuka.pipelines.methods import build_method_pipeline
+
+        return recipe_for(build_method_pipeline(cfg, device), str(cfg.get("recipe") or "ours"))
     if not is_tiny(cfg):  # building from the stage folders is scripts/export_pipeline.py's job
         raise ConfigError("pipeline", "give an exported pipeline folder (pipeline=DIR), or use experiment=demo")
     return recipe_for(build_pipeline(cfg, device=device), str(cfg.get("recipe") or "ours"))
-
-
-def read_mask(path: Path, soft: bool) -> np.ndarray:
-    """The mask file as bool (hole = gray >= 128), or with ``soft`` its gray values / 255 (the official recipe keeps
-    grey masks, as ``misato_dataset`` reads them); the file is checked by :func:`load_mask` either way."""
-    hole = load_mask(path)
-    if not soft:
-        return hole
-    with PIL.Image.open(path) as img:
-        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
 
 
 def recipe_for(pipe: "AsukaInpaintPipeline", recipe: str) -> "AsukaInpaintPipeline":
@@ -118,6 +113,7 @@ def inpaint_one(
     guidance_scale: float = 1.0,
     paste_back: bool = False,
     max_side: int | None = None,
+    call_kwargs: dict | None = None,
 ) -> PIL.Image.Image:
     """Inpaint one RGB image with a bool mask (True = hole; or grey values in [0, 1]); the result has the input's
     size.
@@ -125,6 +121,7 @@ def inpaint_one(
     The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
     ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
     exceeds ``max_side`` is inpainted at that size and the result pasted into the hole of the full-size input.
+    ``call_kwargs`` go to the pipeline as they are (FLUX's ``guidance``, LAR-Gen's ``prompt`` and subject, ...).
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     size = working_size(image.size, max_side)
@@ -139,6 +136,7 @@ def inpaint_one(
         generator=generator,
         output_type="pil",
         paste_back=paste_back,
+        **(call_kwargs or {}),
     ).images[0]
     if out.size != image.size:
         out = out.resize(image.size, PIL.Image.LANCZOS)
@@ -174,12 +172,26 @@ def check_sizes(pairs: list[tuple[Path, Path, Path]], max_side: int | None, down
     return sizes
 
 
+def check_outputs_and_masks(pairs: list[tuple[Path, Path, Path]], soft: bool) -> None:
+    """Before any model loads: every output path writable as an image (a known extension, not a folder) and every
+    mask readable, so that a bad file never stops a folder run after hours of work. (A rerun recomputes every
+    image: an existing output may come from other settings.)"""
+    for _, mask, out in pairs:
+        if out.is_dir():
+            raise ConfigError("out", f"{out} is a folder; give an image file name (or out_dir= for folders)")
+        if out.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ConfigError("out", f"{out}: give an image file name ending in one of "
+                                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        load_mask(mask, soft=soft)
+
+
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Inpaint every (image, mask) pair of the config with seed ``cfg.seed``; returns the written files."""
     pairs = _pairs(cfg)
     max_side = _max_side(cfg)
     downscale = bool(cfg.get("downscale", False))
     sizes = check_sizes(pairs, max_side, downscale)
+    check_outputs_and_masks(pairs, soft=str(cfg.get("recipe") or "ours") == "official")
     force_cpu = bool(cfg.get("trainer", {}).get("cpu", False))
     device = torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
     steps = int(cfg.get("steps", 50))
@@ -187,7 +199,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     written = []
     for k, ((image_path, mask_path, out_path), size) in enumerate(zip(pairs, sizes), start=1):
         image = load_image(image_path)
-        mask = read_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
+        mask = load_mask(mask_path, soft=str(cfg.get("recipe") or "ours") == "official")
         if pipe is None:  # after the first files are read, so a bad input fails fast, before any model loads
             pipe = _pipeline(cfg, device)
             pipe.set_progress_bar_config(leave=False, desc="steps")
@@ -197,6 +209,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
         result = inpaint_one(
             pipe, image, mask, steps, cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
             bool(cfg.get("paste_back", False)), max_side if downscale else None,
+            flux_kwargs(cfg.method.name, cfg.get("guidance"), cfg.get("condition_weight")),
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:

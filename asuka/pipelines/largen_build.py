@@ -27,7 +27,7 @@ from asuka.models.largen.refine import RefineNet
 from asuka.models.mae_import import TINY_SEED
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.baselines import load_text_parts, tiny_text_encoder
-from asuka.pipelines.build import load_decoder_folder, override_or_path
+from asuka.pipelines.loading import load_decoder_folder, override_or_path
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline
 from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError

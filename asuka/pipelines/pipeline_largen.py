@@ -35,7 +35,7 @@ from asuka.models.largen.crop import crop_back, mask_box, pad_square, released_c
 from asuka.models.largen.net import LarGenNet
 from asuka.models.largen.refine import RefineNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
-from asuka.pipelines.baselines import tiny_token_ids
+from asuka.models.tiny_text import tiny_token_ids
 from asuka.pipelines.pipeline_asuka_inpaint import (AsukaInpaintPipeline, ImageInput, decode_latents,
                                                    preprocess_inpaint_inputs)
 from asuka.utils.errors import AsukaError

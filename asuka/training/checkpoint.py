@@ -51,8 +51,33 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return found
 
 
+def damage(path: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed (a torn ``trainer_state.json`` or ``config.yaml``, a truncated
+    or corrupt safetensors file), read cheaply (headers, not tensors); None when it looks sound."""
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{STATE_FILE}: {str(exc).splitlines()[0]}"
+    if (path / "config.yaml").is_file():
+        try:
+            OmegaConf.load(path / "config.yaml")
+        except Exception as exc:  # noqa: BLE001  (yaml's and omegaconf's errors have no common base)
+            return f"config.yaml: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    for weights in sorted(path.rglob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own and OS errors)
+            return f"{weights.relative_to(path)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
+
+
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
-    """``trainer.resume``: null -> None; ``latest`` -> newest complete checkpoint or None; else a folder path.
+    """``trainer.resume``: null -> None; ``latest`` -> newest sound checkpoint (a damaged newer one is passed over,
+    saying so) or None; else a folder path, which must be complete and sound.
 
     A relative path is looked up in the run folder (the parent of ``ckpt_dir``) first, then in the working directory.
     """
@@ -60,15 +85,24 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
         return None
     if resume == "latest":
         found = list_checkpoints(ckpt_dir)
-        if not found:
-            log.warning("trainer.resume=latest: no complete checkpoint in %s, starting a new run", ckpt_dir)
-            return None
-        return found[-1]
+        for path in reversed(found):
+            problem = damage(path)
+            if problem is None:
+                return path
+            log.warning("trainer.resume=latest: %s is damaged (%s); trying the checkpoint before it", path, problem)
+        if found:
+            raise AsukaError(f"trainer.resume=latest: every checkpoint in {ckpt_dir} is damaged (the warnings above "
+                             "name the files)")
+        log.warning("trainer.resume=latest: no complete checkpoint in %s, starting a new run", ckpt_dir)
+        return None
     path = Path(str(resume))
     if not path.is_absolute() and (ckpt_dir.parent / path).exists():
         path = ckpt_dir.parent / path
     if not is_complete(path):
         raise AsukaError(f"trainer.resume={resume}: not a complete checkpoint folder (no {STATE_FILE} in {path})")
+    problem = damage(path)
+    if problem is not None:
+        raise AsukaError(f"trainer.resume={resume}: {path} is damaged ({problem}); resume an earlier checkpoint")
     return path.resolve()
 
 

@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from asuka.models.backbones import Backbone, is_tiny
+from asuka.models.backbones.flux_released import flux_conditions
 from asuka.utils.errors import ConfigError
 
 NULL_KINDS = ("released", "zeros")
@@ -32,8 +33,6 @@ def load_null_conditions(cfg: DictConfig, backbone: Backbone, components: Any, k
     if not backbone.has_null_conditions:
         return None
     check_null_conditions(cfg, backbone, kind, key)
-    from asuka.pipelines.build_flux import flux_conditions
-
     shapes = backbone.condition_shapes(components)
     if str(kind) == "zeros":
         tokens = (int(cfg.model.mae.img_size) // int(cfg.model.mae.patch_size)) ** 2

@@ -7,13 +7,11 @@ the number of updates done before it (0-based).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,6 +36,8 @@ from asuka.training.run_guard import prepare_run_dir
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
 from asuka.training.validate import check_mixed_precision, validate_training_config
+from asuka.utils.config_schema import validate_config
+from asuka.utils.process import term_when_parent_dies
 from asuka.utils.errors import AsukaError
 from asuka.utils.workers import resolve_num_workers
 
@@ -50,18 +50,6 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def default_run_dir() -> Path:
     """The Hydra run folder (the same for every rank when launched through our configs)."""
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def _term_when_parent_dies(enable: bool) -> None:
-    """Linux: ask the kernel to send SIGTERM to this process when its parent exits. ``accelerate launch`` with one
-    process exits at once on SIGTERM without forwarding it; its training process then gets SIGTERM this way and
-    checkpoints instead of running on as an orphan."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM) if enable else 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class _Sigterm:
@@ -79,7 +67,7 @@ class _Sigterm:
             self._previous = None
             return self
         parent = os.getppid()
-        _term_when_parent_dies(True)
+        term_when_parent_dies(True)
         if os.getppid() != parent:  # the launcher died before the request took effect
             self.received = True
         return self
@@ -89,7 +77,7 @@ class _Sigterm:
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
-            _term_when_parent_dies(False)
+            term_when_parent_dies(False)
             signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -466,4 +454,5 @@ def fit(cfg: DictConfig, stage_factory: StageFactory, run_dir: str | Path | None
     """Train a stage as configured and return the last logged values (and ``run_dir``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
+    validate_config(cfg)  # the scripts check it in asuka.utils.cli.run; fit() called from Python checks it here
     return Trainer(cfg, stage_factory, run_dir).fit()

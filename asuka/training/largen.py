@@ -6,6 +6,8 @@ pixels (and no reference), a dropped prompt the empty one: the unconditional bra
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -26,6 +28,7 @@ from asuka.training.stage import OptimizerSpec, Stage, StepOutput, Validation
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError
 
+log = logging.getLogger(__name__)
 STAGES = ("assign", "refine")
 
 
@@ -151,8 +154,12 @@ class RefineStage(LarGenStage):
             raise ConfigError("largen.stage", "stage B (RefineNet) is SD-1.5 only: the released SDXL model has none "
                               "(USE_REFINE False)")
         for key in ("unet", "assign"):
-            if not is_tiny(cfg) and not is_given(cfg.largen.get(key)):
+            if is_given(cfg.largen.get(key)):
+                continue
+            if not is_tiny(cfg):
                 raise ConfigError(f"largen.{key}", f"stage B needs stage A's final/{key} folder")
+            log.warning("largen.%s not set: stage B starts from a RANDOM tiny stage A (demo models only; give "
+                        "largen.%s=<stage A run>/final/%s to refine a trained one)", key, key, key)
 
     def __init__(self, cfg: DictConfig, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.check_config(cfg)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asuka.training import checkpoint as ckpt
 from asuka.training.run_folder import config_container
+from asuka.training.run_lock import acquire_run_lock
 from asuka.utils.errors import ConfigError
 
 log = logging.getLogger("asuka.train")
@@ -167,6 +168,7 @@ def prepare_run_dir(
     Returns the checkpoint to resume from, or None for a fresh run."""
     check_writable(run_dir)
     if is_main:
+        acquire_run_lock(run_dir)  # before anything in the folder changes: one writer at a time
         ckpt.clean_leftovers(run_dir / "checkpoints")
     barrier()
     resume = cfg.trainer.get("resume")
@@ -184,8 +186,7 @@ def prepare_run_dir(
     else:
         check_resume(cfg, path, world_size, effective_batch)
         if is_main:
-            if resume != "latest":
-                set_aside_newer(path, run_dir)
+            set_aside_newer(path, run_dir)  # a rollback by path, or resume=latest passing over a damaged newest
             trim_metrics(run_dir, ckpt.step_of(path))
     barrier()
     return path

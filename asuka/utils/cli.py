@@ -10,6 +10,9 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from asuka.utils.errors import AsukaError
+from asuka.utils.process import tie_worker_to_launcher
+
+tie_worker_to_launcher()  # every entry script imports this module first: a worker is tied before it loads anything
 
 
 def _run_stamp() -> str:
@@ -34,8 +37,12 @@ if not OmegaConf.has_resolver("run_stamp"):
 
 
 def run(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call ``fn(cfg)``; an AsukaError becomes one line on stderr and exit status 2."""
+    """Check every config value's type and range (:mod:`asuka.utils.config_schema`), then call ``fn(cfg)``; an
+    AsukaError becomes one line on stderr and exit status 2."""
+    from asuka.utils.config_schema import validate_config
+
     try:
+        validate_config(cfg)
         return fn(cfg)
     except AsukaError as exc:
         print(f"error: {exc}", file=sys.stderr)

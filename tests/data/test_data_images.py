@@ -127,3 +127,29 @@ def test_list_images_recursive_sorted_filtered(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, exclude=[tmp_path / "masks"])]
     assert found == ["a/1.PNG", "b/2.jpg", "c.webp", "d.bmp", "e.jpeg"]
+
+
+def test_exif_orientation_is_applied_wherever_images_are_read(tmp_path):
+    """A phone JPEG stored in sensor orientation with EXIF orientation 6 (turn 90 degrees clockwise to display):
+    load_image, image_size, read_image_header and the GPU-decode path all see the displayed image."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from asuka.data.device_images import _decode
+    from asuka.data.images import image_size, read_image_header
+
+    rng = np.random.default_rng(0)
+    sensor = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)  # stored 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(sensor).save(path, exif=exif, quality=95)
+    with Image.open(path) as raw:  # PIL without the orientation: the stored pixels
+        stored = np.asarray(raw.convert("RGB"))
+    displayed = np.rot90(stored, k=-1)  # orientation 6: rotate 90 degrees clockwise
+    assert np.array_equal(np.asarray(load_image(path)), displayed)
+    assert image_size(path) == (20, 40) and read_image_header(path)[1] == (20, 40)
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    plain = decode_jpeg(data, mode=ImageReadMode.RGB)
+    (upright,) = _decode([data], torch.device("cpu"))
+    assert torch.equal(upright, torch.rot90(plain, k=-1, dims=(1, 2)))

@@ -20,7 +20,7 @@ from asuka.data.largen_engine.samples import standin_stages, write_sample_scenes
 from asuka.data.largen_engine.stages import build_stages
 from asuka.data.largen_engine.tiny import build_tiny_models, tiny_model_stages
 from asuka.data.largen_engine.standin import TemplateCaptioner
-from asuka.data.latent_cache import pending_shards
+from asuka.data.sharded_folder import pending_shards
 from asuka.data.images import list_images
 from asuka.data.quadruplets import QuadrupletStore, load_manifest
 from asuka.utils.errors import AsukaError, ConfigError, DataError

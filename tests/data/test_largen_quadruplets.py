@@ -10,7 +10,7 @@ from PIL import Image
 
 from asuka.data.largen_engine.samples import make_samples
 from asuka.data.quadruplets import Quadruplet, load_manifest
-from asuka.utils.errors import AsukaError
+from asuka.utils.errors import AsukaError, DataError
 
 
 def _arr(path):
@@ -70,3 +70,13 @@ def test_refuses_missing_unfinished_and_broken_manifests(repo, tmp_path):
     shutil.rmtree(copy / "shard_00001")
     with pytest.raises(AsukaError, match="shard_00001/quadruplets.jsonl: missing shard"):
         load_manifest(copy)
+
+
+@pytest.mark.parametrize("key,value", [("scene", "../x.png"), ("subject", "/etc/hosts"), ("id", "/../../x")])
+def test_record_paths_and_ids_stay_inside_the_root(tmp_path, key, value):
+    """Issue 22 item 5: a manifest entry cannot point a reader, or a writer keyed by its id, outside the root."""
+    q = Quadruplet("0000007_01", tmp_path / "s/a.png", tmp_path / "s/m.png", tmp_path / "s/b.png",
+                   tmp_path / "s/c.png", "a dog", "dog", (1, 2, 3, 4), {"clip": 0.5}, "x")
+    record = {**json.loads(json.dumps(q.to_record(tmp_path))), key: value}
+    with pytest.raises(DataError, match=rf"quadruplet .*: {key}: .* must be a path inside"):
+        Quadruplet.from_record(record, tmp_path)

@@ -231,3 +231,18 @@ def test_missing_metric_weights_fail_before_any_work(tmp_path, monkeypatch):
     dirs = _make_folder(tmp_path / "data", n=1)
     with pytest.raises(AsukaError, match="weights-inception-2015-12-05-6726825d.pth"):
         evaluate(_cfg(dirs, tmp_path, "metrics.weights=pretrained"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["/../../escaped.png", "../x"])
+def test_generation_never_writes_outside_the_predictions_folder(tmp_path, name):
+    """Issue 22 item 5: an item name that climbs out is refused before a pipeline is built or a file written."""
+    from omegaconf import OmegaConf
+
+    from asuka.data.sources import ImageItem
+    from asuka.eval.run import generate_predictions
+
+    cfg = OmegaConf.create({"trainer": {"cpu": True}, "resolution": 8, "method": {"name": "sd"}})
+    out = tmp_path / "run" / "predictions"
+    with pytest.raises(DataError, match="must be a path inside"):
+        generate_predictions(cfg, [ImageItem(tmp_path / "a.png", tmp_path / "m.png", None, name)], out)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

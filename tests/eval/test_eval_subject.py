@@ -87,3 +87,26 @@ def test_baselines_fill_the_hole(tmp_path, method):
     assert out.shape == (64, 64, 3) and np.abs(out[inside].astype(float) - np.asarray(scene)[inside]).mean() > 5
     if method == "sd_ip_adapter":
         assert (tmp_path / "ip-adapter-plus_sd15.bin").is_file()  # the tiny adapter went through load_ip_adapter
+
+
+@pytest.mark.parametrize("key,value", [("scene", "../outside.png"), ("mask", "/etc/hosts"),
+                                       ("name", "/../../escaped"), ("name", "../x")])
+def test_benchmark_paths_and_names_stay_inside(tmp_path, key, value):
+    """Issue 22 item 5: a line cannot make eval read outside the benchmark root or write outside the run folder."""
+    root = tmp_path / "bench"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "s.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    Image.new("L", (8, 8)).save(root / "m.png")
+    line = {"name": "x", "scene": "s.png", "mask": "m.png", "subject": "s.png", "prompt": "a dog", key: value}
+    (root / "benchmark.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=rf"benchmark.jsonl:1: {key}: .* must be a path inside"):
+        load_subject_items(OmegaConf.create({"root": str(root), "format": "jsonl"}))
+
+
+@pytest.mark.parametrize("method", ["largen", "paint_by_example"])
+def test_subject_method_without_a_subject_dataset_names_the_dataset(tmp_path, method):
+    """Issue 23: ``eval.py experiment=demo method=largen`` says the key to fix is the dataset, in one line."""
+    with pytest.raises(ConfigError, match=r"^config key 'dataset': method=.* needs a subject benchmark: dataset=largen_samples"):
+        evaluate(compose_config("eval", ["experiment=demo", f"method={method}"]), tmp_path)
+    assert not any(tmp_path.iterdir())

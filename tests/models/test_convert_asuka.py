@@ -263,3 +263,26 @@ def test_report_compares_the_release_encoder_with_a_flux_ae(released, tmp_path) 
     assert not other["equal"] and abs(other["max_abs_diff"] - 0.5) < 1e-6
     with pytest.raises(ConfigError, match="flux_ae"):
         compare_encoder(decoder, tmp_path / "nothing")
+
+
+def test_out_is_never_mixed_nor_left_half_written(released, tmp_path) -> None:
+    """A non-empty out is refused (overwrite=true replaces it whole); a failed conversion leaves no parts behind."""
+    src, _, _ = released
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("an earlier conversion")
+    with pytest.raises(ConfigError, match="is not empty.*overwrite=true"):
+        convert_asuka(_cfg(src, out))
+    cfg = _cfg(src, out)
+    OmegaConf.update(cfg, "overwrite", True)
+    report = json.loads(convert_asuka(cfg).read_text())
+    assert not (out / "stale.txt").exists() and (out / "mae" / "config.json").is_file()
+    assert set(report["sources"]) == set(json.loads((released[1] / "conversion_report.json").read_text())["sources"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or replaced folder left
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "mae_300.pth").symlink_to(src / "mae_300.pth")
+    torch.save(torch.zeros(1, 32), bad / "vec.pt")  # converted after the MAE, and wrong
+    with pytest.raises(AsukaError, match="vec.pt"):
+        convert_asuka(_cfg(bad, tmp_path / "fresh"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "out"]  # no partial fresh/, no temporary folder

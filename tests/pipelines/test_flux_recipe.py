@@ -224,3 +224,35 @@ def test_eval_scores_grad_and_clip_hole_as_the_official_scripts(tmp_path) -> Non
         official_boundary_gradient_error(pred8, gt8, mask8).mean(), rel=1e-12)
     assert official["grad"] == pytest.approx(ours["grad"], rel=1e-9) and torch.equal(official["clip_pred"],
                                                                                       ours["clip_pred"])
+
+
+def test_eval_official_recipe_keeps_grey_masks_to_the_metrics(tmp_path) -> None:
+    """eval.py recipe=official reads a blurred mask file as gray / 255 (not >= 128) and scores Grad with the grey
+    mask, as cal_grad.py does; ours binarises. method=sd refuses the official recipe in one line."""
+    from asuka.data.datasets import EvalDataset
+    from asuka.data.sources import ImageItem
+    from asuka.eval.run import _ScoredPairs, _validate, to_uint8
+
+    rng = np.random.default_rng(1)
+    scene = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    grey = np.zeros((48, 48), np.uint8)
+    grey[12:36, 12:36] = 255
+    grey = cv2.GaussianBlur(grey, (9, 9), 3)
+    PIL.Image.fromarray(scene).save(tmp_path / "img.png")
+    PIL.Image.fromarray(grey).save(tmp_path / "mask.png")
+    items = [ImageItem(image=tmp_path / "img.png", mask=tmp_path / "mask.png", domain=None, name="img")]
+    soft, hard = EvalDataset(items, None, soft=True)[0], EvalDataset(items, None)[0]
+    assert np.array_equal(soft["mask"][0].numpy(), grey.astype(np.float32) / 255)
+    assert np.array_equal(hard["mask"][0].numpy(), (grey >= 128).astype(np.float32))
+    pred8 = rng.integers(0, 256, scene.shape, dtype=np.uint8)
+    PIL.Image.fromarray(pred8).save(tmp_path / "pred.png")
+    official = _ScoredPairs(EvalDataset(items, None, soft=True), [tmp_path / "pred.png"], items, True, 4,
+                            official=True)[0]
+    gt8 = to_uint8(soft["image"]).permute(1, 2, 0).numpy()
+    mask8 = (soft["mask"][0] * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(mask8, grey)
+    assert official["grad"] == pytest.approx(official_boundary_gradient_error(pred8, gt8, grey).mean(), rel=1e-12)
+    binary = official_boundary_gradient_error(pred8, gt8, (grey >= 128).astype(np.uint8) * 255).mean()
+    assert abs(official["grad"] - binary) > 1e-3  # the grey mask, not a binarised one, reached the metric
+    with pytest.raises(ConfigError, match="recipe"):
+        _validate(compose_config("eval", ["experiment=demo", "method=sd", "recipe=official"]))

@@ -123,3 +123,28 @@ def test_no_limit_and_folders_list_every_huge_image(tmp_path) -> None:
     assert "0.png (2000x100), 2.png (100x1500): longer side above max_side=1024" in str(err.value)
     assert check_sizes(pairs, None, downscale=False) == [(2000, 100), (64, 64), (100, 1500)]
     assert check_sizes(pairs, 1024, downscale=True)[0] == (2000, 100)
+
+
+def test_every_input_and_output_is_checked_before_any_model(tmp_path, monkeypatch) -> None:
+    """Folder mode finds the bad mask among the images before the first is inpainted; an out= without an image
+    extension, or a folder, is refused before the model loads."""
+    from asuka.pipelines import inpaint_files
+
+    monkeypatch.setattr(inpaint_files, "_pipeline", lambda *a: pytest.fail("the model loaded before the checks"))
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for k in range(3):
+        PIL.Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(images / f"im{k}.png")
+        hole = np.zeros((32, 32), np.uint8)
+        hole[8:20, 8:20] = 1 if k == 2 else 255  # the last mask holds 0/1 values: no hole at all
+        PIL.Image.fromarray(hole).save(masks / f"im{k}.png")
+    cfg = compose_config("inpaint", ["experiment=demo", f"image_dir={images}", f"mask_dir={masks}",
+                                     f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(DataError, match=r"im2.png: mask values are only 0 and 1"):
+        inpaint(cfg)
+    assert not (tmp_path / "out").exists()
+    for out, message in ((tmp_path / "result", "give an image file name"), (tmp_path, "is a folder")):
+        single = compose_config("inpaint", ["experiment=demo", f"image={images / 'im0.png'}",
+                                            f"mask_file={masks / 'im0.png'}", f"out={out}"])
+        with pytest.raises(ConfigError, match=message):
+            inpaint(single)

@@ -21,7 +21,8 @@ from conftest import REPO, compose_config  # noqa: E402
 from resume_check import assert_resume_exact  # noqa: E402
 
 from asuka.data.datasets import build_train_dataset, collate  # noqa: E402
-from asuka.data.latent_cache import INDEX_FILE, shard_name  # noqa: E402
+from asuka.data.latent_cache import shard_name  # noqa: E402
+from asuka.data.sharded_folder import INDEX_FILE  # noqa: E402
 from asuka.models.sd import load_sd_inpaint  # noqa: E402
 from asuka.training.align import AlignStage  # noqa: E402
 from asuka.training.align_latents import build_align_latents, files_fingerprint, open_align_latents  # noqa: E402

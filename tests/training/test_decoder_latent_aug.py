@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from asuka.data.images import load_image
 from asuka.models.sd import build_tiny_sd
-from asuka.data.latent_cache import INDEX_FILE, LatentCache, pending_shards, shard_name
+from asuka.data.latent_cache import LatentCache, shard_name
+from asuka.data.sharded_folder import INDEX_FILE, pending_shards
 from asuka.training.latent_aug import (
     DecoderTrainDataset,
     build_latent_cache,

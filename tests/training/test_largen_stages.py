@@ -51,6 +51,12 @@ def test_bad_stage_and_missing_stage_a_are_config_errors():
         RefineStage(cfg, torch.device("cpu"), torch.float32)
 
 
+def test_demo_refine_without_stage_a_says_it_starts_from_random(caplog):
+    RefineStage.check_config(demo_cfg("largen.stage=refine"))
+    assert "largen.unet not set: stage B starts from a RANDOM tiny stage A" in caplog.text
+    assert "largen.assign not set" in caplog.text
+
+
 def test_refine_stage_trains_only_the_refinenet():
     cfg = demo_cfg("largen.stage=refine")
     torch.manual_seed(0)

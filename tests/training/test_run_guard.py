@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from asuka.training import checkpoint as ckpt
 from asuka.training.engine import fit
@@ -256,3 +258,88 @@ def test_sigterm_to_accelerate_launch_single_process_checkpoints(tmp_path):
 def test_sigterm_to_torchrun_checkpoints(tmp_path):
     launch_and_terminate([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"],
                          tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------------ one writer per folder
+def test_a_second_process_cannot_write_a_run_folder_while_the_first_lives(tmp_path, caplog):
+    """A real second process holds the folder's lock: this one is refused in one line naming it; once that process
+    is SIGKILLed its stale lock is taken over with a warning."""
+    import signal
+    import subprocess
+    import sys
+
+    from asuka.training.run_lock import acquire_run_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from asuka.training.run_lock import acquire_run_lock; acquire_run_lock(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"being written by process {holder.pid} .*one run per folder"):
+            fit(toy_config(max_steps=2), ToyStage, tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    out = fit(toy_config(max_steps=2), ToyStage, tmp_path)
+    assert out["finished"] and "taking over the lock of a process that is gone" in caplog.text
+    assert acquire_run_lock(tmp_path) == tmp_path / ".lock"  # this process holds it: re-entrant
+
+
+def test_a_worker_dies_with_a_sigkilled_torchrun_during_start_up(tmp_path):
+    """A real torchrun, SIGKILLed while its worker is still starting (it has imported asuka.utils.cli, as every
+    entry script does first, and has not reached the training loop): the worker ends instead of hanging on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, sys, time\nimport asuka.utils.cli  # noqa: F401\n"
+                      f"open({str(ready)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "1", str(worker)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.is_file() or not ready.read_text():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.2)
+        pid = int(ready.read_text())
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the orphaned worker is still running"
+            time.sleep(0.2)
+    finally:
+        launcher.kill()
+
+
+@pytest.mark.parametrize("damage", ["torn_state", "torn_config", "truncated_weights"])
+def test_resume_latest_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, damage):
+    """The newest checkpoint torn (trainer_state.json, config.yaml) or its safetensors truncated: resume=latest
+    continues from the one before, saying so, and ends exactly where a straight run ends; naming the damaged one
+    explicitly is one line."""
+    straight = fit(toy_config(max_steps=6, keep_checkpoints=5), ToyStage, tmp_path / "straight")
+    run = tmp_path / "run"
+    fit(toy_config(max_steps=6, keep_checkpoints=5), ToyStage, run)
+    newest = run / "checkpoints/checkpoint-6"
+    if damage == "torn_state":
+        (newest / ckpt.STATE_FILE).write_text('{"step": 6, "dat')
+    elif damage == "torn_config":
+        (newest / "config.yaml").write_text("model: {width: [8,\n")
+    else:
+        weights = newest / "net/model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-7])
+    assert ckpt.resolve_resume("latest", run / "checkpoints").name == "checkpoint-4"
+    assert "checkpoint-6 is damaged" in caplog.text
+    with pytest.raises(AsukaError, match=r"checkpoint-6 is damaged"):
+        ckpt.resolve_resume(str(newest), run / "checkpoints")
+    out = fit(toy_config(max_steps=6, keep_checkpoints=5, resume="latest"), ToyStage, run)
+    assert out["finished"] and out["step"] == 6 and straight["step"] == 6
+    assert sorted(p.name for p in next((run / "abandoned").iterdir()).iterdir())[0] == "checkpoint-6"  # kept aside
+    a, b = (load_file(str(d / "final/net/model.safetensors")) for d in (tmp_path / "straight", run))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)

@@ -16,7 +16,7 @@ from asuka.data.images import list_images, load_image
 from asuka.data.largen_engine.pipeline import COUNTERS, mine_batch
 from asuka.data.largen_engine.stages import Stages, build_stages
 from asuka.data.largen_engine.writer import ShardCollector
-from asuka.data.latent_cache import pending_shards
+from asuka.data.sharded_folder import pending_shards
 from asuka.data.quadruplets import QuadrupletStore
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 from asuka.utils.workers import resolve_num_workers

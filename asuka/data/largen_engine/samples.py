@@ -75,12 +75,12 @@ def write_sample_scenes(out: str | os.PathLike, n: int = 4, seed: int = 0, size:
 
 def make_samples(out: str | os.PathLike, n: int = 4, seed: int = 0, size: int = 128, shard_size: int = 2) -> dict:
     """Generate the scenes in a temporary folder and mine them into the manifest ``out``; returns the summary."""
-    from asuka.benchmark.tasks import compose_stage_config
     from asuka.data.largen_engine.run import mine
+    from asuka.utils.compose import compose_config
 
     with tempfile.TemporaryDirectory() as scenes:
         write_sample_scenes(scenes, n, seed, size)
-        cfg = compose_stage_config("make_largen_data", [
+        cfg = compose_config("make_largen_data", [
             f"paths.images={scenes}", f"out={out}", "largen_stages=colour_key", "cpu=true", f"shard_size={shard_size}",
             "num_workers=0", "filters.tags.min_score=0.5", "filters.masks.min_score=0.5"])
         return mine(cfg)

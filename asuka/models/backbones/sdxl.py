@@ -15,12 +15,13 @@ from typing import Any, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from asuka.models import sd
 from asuka.models.backbones.base import ConditionShapes
 from asuka.models.backbones.sd15 import SD15Inpaint
 from asuka.models.frozen import FrozenModelSpec, load_frozen
+from asuka.models.tiny_text import tiny_text_config, tiny_token_ids
 from asuka.utils.errors import AsukaError
 
 # scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0 (and of the SDXL inpainting
@@ -46,14 +47,6 @@ class SDXLComponents:
     tokenizer_2: CLIPTokenizer | None = None
 
 
-def _tiny_text_config(hidden_size: int) -> CLIPTextConfig:
-    from asuka.pipelines.baselines import TINY_MAX_LENGTH, TINY_VOCAB  # the byte ids of tiny_token_ids
-
-    return CLIPTextConfig(vocab_size=TINY_VOCAB, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=hidden_size,
-                          bos_token_id=0, eos_token_id=2, pad_token_id=1)
-
-
 def build_tiny_sdxl(seed: int = 0) -> SDXLComponents:
     """Small random SDXL inpainting components: 9-channel ``text_time`` UNet (context 16 + 16 = 32, pooled 16,
     time-id embedding 8), 8x VAE at SDXL's scale, two tiny CLIP text encoders; each part built after
@@ -75,9 +68,9 @@ def build_tiny_sdxl(seed: int = 0) -> SDXLComponents:
             norm_num_groups=8, sample_size=64, scaling_factor=SDXL_VAE_SCALE,
         )
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(_tiny_text_config(16))
+        text_encoder = CLIPTextModel(tiny_text_config(16))
         torch.manual_seed(seed + 1)
-        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(16))
+        text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(16))
     scheduler = DDPMScheduler.from_config(SDXL_SCHEDULER_CONFIG)
     return SDXLComponents(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
                           text_encoder_2=text_encoder_2)
@@ -107,8 +100,6 @@ def load_sdxl_inpaint(block: Any, path: str | os.PathLike | None, device: str | 
 def encode_prompt(components: SDXLComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, 77, 768 + 1280], pooled [B, 1280])`` as diffusers' SDXL pipelines build them: both encoders'
     penultimate hidden states concatenated, and the second encoder's projected pooled output."""
-    from asuka.pipelines.baselines import tiny_token_ids
-
     hidden, pooled = [], None
     for tokenizer, encoder in ((components.tokenizer, components.text_encoder),
                                (components.tokenizer_2, components.text_encoder_2)):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -128,16 +130,34 @@ def convert_asuka(cfg: DictConfig) -> Path:
         raise ConfigError("src", f"{src} holds none of the released files ({', '.join(RELEASED)})")
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} exists and is not a folder")
-    sources: dict[str, Any] = {}
-    for name in found:
-        target = out / RELEASED[name]
-        report = CONVERTERS[name](src / name, cfg, target)
-        sources[name] = {"sha256": file_sha256(src / name), "bytes": (src / name).stat().st_size,
-                         "wrote": RELEASED[name], **report}
-        print(f"{name} -> {target}")
+    overwrite = bool(cfg.get("overwrite", False))
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError("out", f"{out} is not empty (an earlier conversion?): choose an empty folder, or "
+                                 "overwrite=true to replace it")
+    # converted into a sibling temporary folder and renamed at the end: a failure leaves no partial parts, and a
+    # finished conversion never mixes with an earlier one
+    work = out.parent / f".{out.name}.converting-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        sources: dict[str, Any] = {}
+        for name in found:
+            report = CONVERTERS[name](src / name, cfg, work / RELEASED[name])
+            sources[name] = {"sha256": file_sha256(src / name), "bytes": (src / name).stat().st_size,
+                             "wrote": RELEASED[name], **report}
+            print(f"{name} -> {out / RELEASED[name]}")
+        (work / "conversion_report.json").write_text(json.dumps(
+            {"src": str(src), "sources": sources, "usage": USAGE,
+             "missing": [n for n in RELEASED if n not in found]}, indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old)
+        else:
+            work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     report_path = out / "conversion_report.json"
-    out.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps({"src": str(src), "sources": sources, "usage": USAGE,
-                                       "missing": [n for n in RELEASED if n not in found]}, indent=1))
     print(f"wrote {report_path}")
     return report_path

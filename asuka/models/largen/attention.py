@@ -10,7 +10,7 @@ that replays its forward reads and writes the same entries again.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,14 @@ from torch import nn
 
 from asuka.utils.errors import ConfigError
 
-if TYPE_CHECKING:
-    from asuka.models.largen.assign import AssignAdapter
-
 READ, WRITE = "read", "write"
+
+
+class ImageBranch(Protocol):
+    """What :func:`install_processors` needs of the Assign adapter (``asuka.models.largen.assign.AssignAdapter``),
+    named here so the processors do not import the adapter that imports them."""
+
+    def layers(self) -> dict[str, tuple[nn.Linear, nn.Linear]]: ...
 
 
 def _heads(x: torch.Tensor, attn: Attention) -> torch.Tensor:
@@ -110,7 +114,7 @@ def is_reference_layer(name: str) -> bool:
 
 
 def install_processors(
-    unet: UNet2DConditionModel, adapter: "AssignAdapter | None" = None, reference: str | None = None
+    unet: UNet2DConditionModel, adapter: ImageBranch | None = None, reference: str | None = None
 ) -> None:
     """Give every attention layer of ``unet`` a :class:`LarGenAttnProcessor`: cross-attention layers get the
     adapter's ``to_k_ip``/``to_v_ip`` (when ``adapter``), up-block self-attention layers the ``reference`` role."""
