@@ -103,6 +103,8 @@ def test_flux_extrapolation_is_the_line_through_two_step_counts() -> None:
     assert got["asuka_flux_s_per_step"] == pytest.approx(0.5) and got["flux_fill_s_fixed"] == pytest.approx(1.0)
     assert got["ratio_at_50"] == pytest.approx((3 + 25) / (1 + 25))
     assert flux_extrapolation(reports[:1]) is None
+    noisy = flux_extrapolation([_flux_report(2, 4.0, 2.0), _flux_report(6, 6.0, 1.5)])  # FLUX faster at 6 steps
+    assert "ratio_at_50" not in noisy and "flux_fill" in noisy["invalid"]
 
 
 def test_budget_spent_skips_figures_and_bad_keys_are_one_line(tmp_path: Path) -> None:
@@ -155,7 +157,11 @@ def test_gpu_figures_end_to_end_on_the_tiny_models(tmp_path: Path) -> None:
     assert reports["inference_sd15_512"]["results"]["ratio_with_decoder"] > 0  # the decoder row ran too
     lo, hi = (reports[f"inference_flux_512_steps{s}"]["results"] for s in (2, 6))
     per_step = (hi["flux_fill_s_median"] - lo["flux_fill_s_median"]) / (3 - 1)  # tiny: 1 and 3 steps
-    assert summary["flux_extrapolation"]["flux_fill_s_per_step"] == pytest.approx(per_step)
+    flux = summary["flux_extrapolation"]
     table = (out / "summary.md").read_text()
-    assert all(f"| {name} | ok |" in table for name in names) and "extrapolated to 50 steps" in table
+    if "invalid" in flux:  # tiny CPU timings can be noise: then the table says why it did not extrapolate
+        assert "not extrapolated" in table
+    else:
+        assert flux["flux_fill_s_per_step"] == pytest.approx(per_step) and "extrapolated to 50 steps" in table
+    assert all(f"| {name} | ok |" in table for name in names)
     assert summary["versions"]["torch"] and summary["versions"]["diffusers"]

@@ -69,6 +69,9 @@ def flux_extrapolation(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     for pipe in ("asuka_flux", "flux_fill"):
         t_lo, t_hi = runs[lo][f"{pipe}_s_median"], runs[hi][f"{pipe}_s_median"]
         per_step = (t_hi - t_lo) / (hi - lo)
+        if per_step <= 0:  # noise or a one-time cost in the fewer-step run: no line to extrapolate along
+            return {"steps": [lo, hi], "extrapolated_to": EXTRAPOLATE_TO,
+                    "invalid": f"{pipe}: {t_hi:.4g} s at {hi} steps is not above {t_lo:.4g} s at {lo} steps"}
         fixed = t_lo - lo * per_step
         at_50[pipe] = fixed + EXTRAPOLATE_TO * per_step
         out[f"{pipe}_s_per_step"], out[f"{pipe}_s_fixed"] = per_step, fixed
@@ -97,7 +100,9 @@ def write_summary(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -
         text = _headline(report) if report else row.get("reason", "")
         lines.append(f"| {row['name']} | {row['status']} | {row.get('seconds', 0):.0f} | "
                      f"{'' if peak is None else f'{peak:.0f}'} | {text} |")
-    if flux:
+    if flux and "invalid" in flux:
+        lines += ["", f"FLUX per step: not extrapolated ({flux['invalid']})"]
+    elif flux:
         lines += ["", f"FLUX per step (steps {flux['steps'][0]} and {flux['steps'][1]}): ASUKA-FLUX "
                       f"{flux['asuka_flux_s_per_step']:.4g} s, FLUX.1-Fill {flux['flux_fill_s_per_step']:.4g} s; "
                       f"extrapolated to {EXTRAPOLATE_TO} steps: ratio {flux[f'ratio_at_{EXTRAPOLATE_TO}']:.4f}"]

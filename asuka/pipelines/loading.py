@@ -107,6 +107,19 @@ def check_flux_compatible(pipe: AsukaFluxFillPipeline) -> None:
         raise ConfigError("model.decoder", "the decoder's latent channels differ from the FLUX AE's")
 
 
+def read_model_index(folder: Path) -> dict:
+    """``model_index.json`` of an exported pipeline as a dict; a torn or foreign file is one line naming it."""
+    path = folder / "model_index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AsukaError(f"{path}: cannot be read ({str(exc).splitlines()[0]}); export the pipeline again") from None
+    if not isinstance(index, dict):
+        raise AsukaError(f"{path}: expected a JSON object (pipeline class and components), got a "
+                         f"{type(index).__name__}")
+    return index
+
+
 def load_pipeline(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> Any:
@@ -121,7 +134,7 @@ def load_pipeline(
             f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)"
         )
     classes = {cls.__name__: cls for cls in (AsukaInpaintPipeline, AsukaFluxFillPipeline)}
-    cls = classes.get(json.loads((folder / "model_index.json").read_text()).get("_class_name"), AsukaInpaintPipeline)
+    cls = classes.get(read_model_index(folder).get("_class_name"), AsukaInpaintPipeline)
     # the backbone and its VAE are read straight into ``dtype`` (no float32 copy of a 12B transformer)
     dt = None if dtype is None else resolve_dtype(dtype, "dtype")
     kwargs = {} if dt is None else {"torch_dtype": {"unet": dt, "transformer": dt, "vae": dt, "default": torch.float32}}

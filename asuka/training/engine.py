@@ -35,7 +35,7 @@ from asuka.training.run_folder import MetricsLog, config_container, make_grid, s
 from asuka.training.run_guard import prepare_run_dir
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
-from asuka.training.validate import check_mixed_precision, validate_training_config
+from asuka.training.validate import check_mixed_precision, check_tracker_login, validate_training_config
 from asuka.utils.config_schema import validate_config
 from asuka.utils.process import term_when_parent_dies
 from asuka.utils.errors import AsukaError
@@ -98,6 +98,7 @@ class Trainer:
         )
         acc = self.accelerator
         self.batch_size = validate_training_config(cfg, acc.num_processes)
+        check_tracker_login(cfg)
         if acc.device.type == "cuda" and self.tcfg.get("tf32", True):  # Ampere and newer: TF32 matmuls/convs
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -177,6 +178,22 @@ class Trainer:
             "effective_batch": self.effective_batch,
         }
 
+    def _write_checkpoint_files(self, tmp: Path) -> None:
+        """The main process's part of a checkpoint: modules, EMA, optimizers, schedulers, scaler, stage, config."""
+        acc = self.accelerator
+        for name, module in self.stage.trainable.items():
+            save_module(unwrap(module), tmp / name)
+        if self.ema is not None:
+            for name, module in self.ema.modules.items():
+                save_module(module, tmp / f"ema_{name}")
+        for name, optimizer in self.optimizers.items():
+            ckpt.save_torch(optimizer.state_dict(), tmp / f"optimizer_{name}.pt")
+            ckpt.save_torch(self.schedulers[name].state_dict(), tmp / f"scheduler_{name}.pt")
+        if acc.scaler is not None:
+            ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
+        ckpt.save_torch(self.stage.state_dict(), tmp / "stage.pt")
+        save_config(self.cfg, tmp / "config.yaml")
+
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<step>`` atomically (all ranks write their RNG state), then rotate."""
         acc = self.accelerator
@@ -189,18 +206,13 @@ class Trainer:
         acc.wait_for_everyone()
         ckpt.save_torch(ckpt.rng_state(), tmp / f"rng_{acc.process_index}.pt")
         if acc.is_main_process:
-            for name, module in self.stage.trainable.items():
-                save_module(unwrap(module), tmp / name)
-            if self.ema is not None:
-                for name, module in self.ema.modules.items():
-                    save_module(module, tmp / f"ema_{name}")
-            for name, optimizer in self.optimizers.items():
-                ckpt.save_torch(optimizer.state_dict(), tmp / f"optimizer_{name}.pt")
-                ckpt.save_torch(self.schedulers[name].state_dict(), tmp / f"scheduler_{name}.pt")
-            if acc.scaler is not None:
-                ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
-            ckpt.save_torch(self.stage.state_dict(), tmp / "stage.pt")
-            save_config(self.cfg, tmp / "config.yaml")
+            try:
+                self._write_checkpoint_files(tmp)
+            except OSError as exc:  # a full disk, a quota or `ulimit -f`: the earlier checkpoints are untouched
+                ckpt.remove_tree(tmp)
+                raise AsukaError(f"{final}: cannot be written ({exc.strerror or exc}); the earlier checkpoints are "
+                                 "intact: free space (or raise the limit) and run again with trainer.resume=latest"
+                                 ) from None
         acc.wait_for_everyone()
         if acc.is_main_process:
             ckpt.publish(tmp, final, self._trainer_state())
@@ -362,7 +374,8 @@ class Trainer:
         if tracker_cfg.get("tracker"):
             init_kwargs = {}
             if tracker_cfg.tracker == "wandb":
-                init_kwargs = {"wandb": {"entity": tracker_cfg.get("entity"), "mode": tracker_cfg.get("mode")}}
+                init_kwargs = {"wandb": {"entity": tracker_cfg.get("entity"), "mode": tracker_cfg.get("mode"),
+                                         "dir": str(self.run_dir)}}  # its files inside the run folder
             config = config_container(self.cfg) if tracker_cfg.tracker == "wandb" else None
             acc.init_trackers(str(tracker_cfg.get("project", "asuka")), config=config, init_kwargs=init_kwargs)
         log.info(

@@ -22,6 +22,7 @@ from asuka.training import checkpoint as ckpt
 from asuka.training.run_folder import config_container
 from asuka.training.run_lock import acquire_run_lock
 from asuka.utils.errors import ConfigError
+from asuka.utils.paths import check_writable
 
 log = logging.getLogger("asuka.train")
 
@@ -47,17 +48,6 @@ def _flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def check_writable(run_dir: Path) -> None:
-    """The run folder can be created and written, or one line saying it cannot."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError("hydra.run.dir", f"run folder {run_dir} is not writable ({exc.strerror or exc})") from None
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -166,7 +156,7 @@ def prepare_run_dir(
     """Before any model loads: a writable folder without a kill's leftovers, no silent overwrite, a resume that can
     continue. Checks run on every process (so all fail together); changes to the folder only on the main one.
     Returns the checkpoint to resume from, or None for a fresh run."""
-    check_writable(run_dir)
+    check_writable(run_dir, "hydra.run.dir")
     if is_main:
         acquire_run_lock(run_dir)  # before anything in the folder changes: one writer at a time
         ckpt.clean_leftovers(run_dir / "checkpoints")

@@ -98,3 +98,24 @@ def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
         )
     return global_batch // per_step
 
+
+
+def check_tracker_login(cfg: DictConfig) -> None:
+    """``logger=wandb`` online needs a login (``WANDB_API_KEY`` or ``wandb login``'s netrc entry); without one
+    wandb fails with a long traceback once the run has started. Checked before any model loads."""
+    import netrc
+    import os
+
+    logger = cfg.get("logger") or {}
+    if logger.get("tracker") != "wandb" or str(logger.get("mode", "online")) != "online":
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError("logger.mode", "logger=wandb is online but no wandb login was found (WANDB_API_KEY or "
+                                     "`wandb login`); log in, or run with WANDB_MODE=offline (files in the run "
+                                     "folder) or logger=tensorboard")

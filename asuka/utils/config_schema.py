@@ -89,6 +89,7 @@ RULES: tuple[Rule, ...] = (
     Rule("guidance", "float", low=0), Rule("condition_weight", "float", low=0),
     Rule("resolution", "int", low=8), _positive("batch_size"), Rule("paste_back", "bool"),
     Rule("downscale", "bool"), Rule("max_side", "int", low=64), Rule("recipe", "choice", choices=("ours", "official")),
+    Rule("logger.mode", "choice", choices=("online", "offline", "disabled")),
     # the LAR-Gen data engine (make_largen_data.py)
     _positive("shard_size"), Rule("cpu", "bool"),
 )

@@ -183,3 +183,20 @@ def test_torchrun_two_processes_give_the_single_process_manifest(tmp_path):
     assert _content(tmp_path / "two") == _content(tmp_path / "single")
     assert json.loads((tmp_path / "two" / "index.json").read_text()) == \
         json.loads((tmp_path / "single" / "index.json").read_text())
+
+
+def test_engine_output_and_model_mistakes_are_one_line(tmp_path):
+    """out= that is a file, or cannot be written, and a stage model that cannot be loaded: one line each."""
+    from transformers import CLIPModel
+
+    from asuka.data.largen_engine.hf import load_hf
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "a.png")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"config key 'out'.*exists and is not a folder"):
+        mine(compose_config("make_largen_data", ["largen_stages=colour_key", f"paths.images={images}",
+                                                 f"out={tmp_path / 'file'}"]))
+    with pytest.raises(AsukaError, match=r"missing-model: cannot load CLIPModel .*local folder"):
+        load_hf(CLIPModel, str(tmp_path / "missing-model"), "cpu", "float32")

@@ -188,6 +188,12 @@ def test_round_trip_without_decoder(pipe, tmp_path) -> None:
 def test_load_pipeline_errors(tmp_path) -> None:
     with pytest.raises(AsukaError, match="model_index.json"):
         load_pipeline(tmp_path / "missing")
+    (tmp_path / "model_index.json").write_text('["AsukaInpaintPipeline"]')
+    with pytest.raises(AsukaError, match=r"model_index.json: expected a JSON object .* got a list"):
+        load_pipeline(tmp_path)
+    (tmp_path / "model_index.json").write_text('{"_class_name": "AsukaInp')
+    with pytest.raises(AsukaError, match=r"model_index.json: cannot be read"):
+        load_pipeline(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- decoder

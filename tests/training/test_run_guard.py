@@ -343,3 +343,42 @@ def test_resume_latest_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, da
     assert sorted(p.name for p in next((run / "abandoned").iterdir()).iterdir())[0] == "checkpoint-6"  # kept aside
     a, b = (load_file(str(d / "final/net/model.safetensors")) for d in (tmp_path / "straight", run))
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+def test_a_full_disk_at_checkpoint_time_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    """ENOSPC injected at a checkpoint file's write (a real full disk cannot be made here): one line naming the
+    checkpoint, no partial folder left, the earlier checkpoint intact and resumable."""
+    import errno
+
+    real_save = ckpt.save_torch
+
+    def full_disk(obj, path):
+        if "checkpoint-4" in str(path) and path.name.startswith("optimizer"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path)
+
+    monkeypatch.setattr(ckpt, "save_torch", full_disk)
+    with pytest.raises(AsukaError, match=r"checkpoint-4: cannot be written \(No space left on device\).*"
+                                         r"trainer.resume=latest"):
+        fit(toy_config(max_steps=6, keep_checkpoints=5), ToyStage, tmp_path)
+    assert names(tmp_path / "checkpoints") == ["checkpoint-2"]
+    monkeypatch.setattr(ckpt, "save_torch", real_save)
+    assert fit(toy_config(max_steps=6, keep_checkpoints=5, resume="latest"), ToyStage, tmp_path)["step"] == 6
+
+
+def test_wandb_online_without_a_login_is_one_line_before_any_model(tmp_path, monkeypatch):
+    from asuka.training.validate import check_tracker_login
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no `wandb login`
+    cfg = toy_config(max_steps=2)
+    cfg.logger = {"tracker": "wandb", "mode": "online", "project": "asuka"}
+    with pytest.raises(ConfigError, match=r"logger.mode.*no wandb login.*WANDB_MODE=offline"):
+        fit(cfg, never_built, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    check_tracker_login(cfg)  # logged in: accepted
+    cfg.logger.mode = "offline"
+    (tmp_path / ".netrc").unlink()
+    check_tracker_login(cfg)  # offline needs no login

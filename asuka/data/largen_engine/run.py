@@ -19,6 +19,7 @@ from asuka.data.largen_engine.writer import ShardCollector
 from asuka.data.sharded_folder import pending_shards
 from asuka.data.quadruplets import QuadrupletStore
 from asuka.utils.errors import AsukaError, ConfigError, DataError
+from asuka.utils.paths import check_writable
 from asuka.utils.workers import resolve_num_workers
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def mine(cfg: DictConfig) -> dict[str, Any]:
     root = Path(cfg.paths.images)
     if not root.is_dir():
         raise DataError(f"{root}: no such image folder (paths.images)")
+    check_writable(Path(cfg.out), "out")
     files = list_images(root, exclude=[cfg.out, *(root / p for p in cfg.get("exclude") or [])])
     if not files:
         raise DataError(f"{root}: no images (png/jpg/jpeg/webp/bmp) in this folder (paths.images)")
