@@ -39,9 +39,14 @@ $PY scripts/inpaint.py experiment=demo method=largen largen.pipeline="$OUT/large
     out="$OUT/largen_inpainted.png"
 $PY scripts/eval.py experiment=demo method=largen dataset=largen_samples largen.pipeline="$OUT/largen_pipeline" \
     hydra.run.dir="$OUT/eval_largen"
+step "LAR-Gen on tiny SDXL (the released model's backbone): export, evaluate"
+$PY scripts/export_pipeline.py experiment=demo method=largen model=sdxl_tiny out="$OUT/largen_sdxl_pipeline"
+$PY scripts/eval.py experiment=demo method=largen model=sdxl_tiny dataset=largen_samples \
+    largen.pipeline="$OUT/largen_sdxl_pipeline" hydra.run.dir="$OUT/eval_largen_sdxl"
 step "demo grid"
 $PY -m asuka.demo "$OUT"
 echo; echo "ASUKA (demo):"; cat "$OUT/eval_asuka/results.md"
 echo; echo "SD baseline (demo):"; cat "$OUT/eval_sd/results.md"
 echo; echo "LAR-Gen (demo):"; cat "$OUT/eval_largen/results.md"
+echo; echo "LAR-Gen on tiny SDXL (demo):"; cat "$OUT/eval_largen_sdxl/results.md"
 echo; echo "grid: $OUT/demo_grid.png"

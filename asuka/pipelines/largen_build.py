@@ -1,4 +1,5 @@
-"""Assemble LAR-Gen parts from config: the SD-1.5 inpainting backbone, CLIP text and image encoders, the Assign
+"""Assemble LAR-Gen parts from config: the SD-1.5 or SDXL (``model=sdxl|sdxl_tiny``, the released model) inpainting
+backbone, CLIP text and image encoders, the Assign
 adapter, the RefineNet and an optional ASUKA decoder; build, save, load and run :class:`LarGenInpaintPipeline`.
 
 Config: ``largen.*`` names weights (``unet``/``assign``/``refine``: stage folders, ``ip_adapter``: an h94 file,
@@ -15,9 +16,11 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from omegaconf import DictConfig, OmegaConf
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from asuka.models.backbones import is_tiny
+from asuka.models.backbones import backbone_for, is_tiny
+from asuka.models.backbones.sdxl import (SDXL_SUBFOLDERS, SDXL_TEXT_PARTS, SDXLComponents, SDXLInpaint,
+                                         load_sdxl_inpaint)
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import build_image_encoder
 from asuka.models.largen.refine import RefineNet
@@ -36,6 +39,8 @@ class LarGenParts:
     tokenizer: CLIPTokenizer | None
     text_encoder: CLIPTextModel
     image_encoder: CLIPVisionModelWithProjection
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL's second encoder and tokenizer
+    tokenizer_2: CLIPTokenizer | None = None
 
 
 def _folder(cfg: DictConfig, key: str, cls: type, what: str) -> Any:
@@ -50,16 +55,24 @@ def _folder(cfg: DictConfig, key: str, cls: type, what: str) -> Any:
 
 def load_parts(cfg: DictConfig, device: str | torch.device = "cpu", train_unet: bool = False) -> LarGenParts:
     """Backbone (UNet replaced by ``largen.unet`` when given), frozen text and image encoders."""
-    sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device, torch.float32, train_unet=train_unet)
+    if isinstance(backbone_for(cfg.model), SDXLInpaint):
+        sd = load_sdxl_inpaint(cfg.model.sdxl, override_or_path(cfg, "sdxl", "sdxl_inpaint"), device, torch.float32,
+                               parts=SDXL_SUBFOLDERS + SDXL_TEXT_PARTS)
+        sd.unet.requires_grad_(train_unet).train(train_unet)
+    else:
+        sd = load_sd_inpaint(cfg.model.sd, override_or_path(cfg, "sd", "sd_inpaint"), device, torch.float32, train_unet=train_unet)
     if is_given(cfg.largen.get("unet")):
         unet = _folder(cfg, "unet", UNet2DConditionModel, "LAR-Gen UNet").to(device)
         sd.unet = unet.requires_grad_(train_unet).train(train_unet)
+    image_encoder = build_image_encoder(cfg.model.largen.image_encoder, cfg.largen.get("image_encoder"))
+    if isinstance(sd, SDXLComponents):
+        return LarGenParts(sd, sd.tokenizer, sd.text_encoder, image_encoder.to(device), sd.text_encoder_2,
+                           sd.tokenizer_2)
     if is_tiny(cfg):
         tokenizer = None
         text_encoder = tiny_text_encoder(int(cfg_get(cfg.model.sd, "seed", 0)), int(sd.unet.config.cross_attention_dim))
     else:
         tokenizer, text_encoder = load_text_parts(os.path.expanduser(str(override_or_path(cfg, "sd", "sd_inpaint"))), torch.float32)
-    image_encoder = build_image_encoder(cfg.model.largen.image_encoder, cfg.largen.get("image_encoder"))
     return LarGenParts(sd, tokenizer, text_encoder.to(device), image_encoder.to(device))
 
 
@@ -76,10 +89,11 @@ def build_assign(cfg: DictConfig, unet: UNet2DConditionModel) -> AssignAdapter:
 
 
 def build_refine(cfg: DictConfig, unet: UNet2DConditionModel, required: bool = False) -> RefineNet | None:
-    """``largen.refine`` (a stage-B folder); a new one from the UNet when ``required`` or with tiny models."""
+    """``largen.refine`` (a stage-B folder); a new one from the UNet when ``required`` or with tiny SD-1.5 models
+    (the released SDXL model has none: its yaml sets USE_REFINE False)."""
     if is_given(cfg.largen.get("refine")):
         return _folder(cfg, "refine", RefineNet, "RefineNet").to(unet.device)
-    if required or is_tiny(cfg):
+    if required or (is_tiny(cfg) and unet.config.addition_embed_type is None):
         return RefineNet.from_unet(unet, int(cfg.model.largen.assign.image_embed_dim))
     return None
 
@@ -103,7 +117,7 @@ def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -
         vae=parts.sd.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.sd.unet,
         assign=build_assign(cfg, parts.sd.unet), image_encoder=parts.image_encoder,
         scheduler=inference_scheduler(parts.sd.scheduler.config), refine=build_refine(cfg, parts.sd.unet),
-        decoder=decoder,
+        decoder=decoder, text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2,
     )
     return _frozen(pipe).to(device)
 

@@ -11,7 +11,7 @@ An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import PIL.Image
@@ -23,10 +23,11 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 # Imported so that from_pretrained resolves the asuka classes named in model_index.json.
 from asuka.data.images import pil_to_tensor, to_gray, to_rgb
+from asuka.models.backbones import sdxl
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
@@ -55,6 +56,18 @@ def encode_prompts(
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
+def prompt_conditions(
+    parts: Any, prompts: Sequence[str], pixel_size: Sequence[int]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The text tokens and, on SDXL (``parts.text_encoder_2`` given), the UNet's ``added_cond_kwargs`` (pooled vector +
+    the time ids of a ``pixel_size`` image). ``parts``: the pipeline or the training stage's parts (same names)."""
+    if getattr(parts, "text_encoder_2", None) is None:
+        return encode_prompts(parts.tokenizer, parts.text_encoder, prompts), None
+    tokens, pooled = sdxl.encode_prompt(parts, prompts)
+    ids = sdxl.time_ids(*pixel_size, len(prompts), tokens.device, tokens.dtype)
+    return tokens, {"text_embeds": pooled, "time_ids": ids}
+
+
 def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
     if mask is None:
         return None
@@ -73,10 +86,12 @@ def subject_tensor(subject_image: PIL.Image.Image, subject_mask: ImageInput | No
 class LarGenInpaintPipeline(DiffusionPipeline):
     """Components: ``vae``, ``text_encoder``, ``tokenizer`` (None: tiny byte ids), ``unet`` (9-channel, trained),
     ``assign`` (:class:`AssignAdapter`), ``image_encoder`` (CLIP ViT-H/14), ``scheduler`` (DDIM trailing),
-    ``refine`` (:class:`RefineNet`, optional), ``decoder`` (:class:`AsukaDecoder`, optional)."""
+    ``refine`` (:class:`RefineNet`, optional), ``decoder`` (:class:`AsukaDecoder`, optional); on SDXL (the released
+    LAR-Gen) also ``text_encoder_2``/``tokenizer_2``, whose presence is the only SDXL switch: the prompt conditions
+    come from :mod:`asuka.models.backbones.sdxl` (two encoders, pooled vector, size ids)."""
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->refine->unet->vae->decoder"
-    _optional_components = ["tokenizer", "refine", "decoder"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->refine->unet->vae->decoder"
+    _optional_components = ["tokenizer", "refine", "decoder", "text_encoder_2", "tokenizer_2"]
 
     def __init__(
         self,
@@ -89,10 +104,13 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         scheduler: KarrasDiffusionSchedulers,
         refine: RefineNet | None = None,
         decoder: AsukaDecoder | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, assign=assign,
-                              image_encoder=image_encoder, scheduler=scheduler, refine=refine, decoder=decoder)
+                              image_encoder=image_encoder, scheduler=scheduler, refine=refine, decoder=decoder,
+                              text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.net = LarGenNet(unet, assign)  # installs the processors; holds no weights of its own
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -190,7 +208,8 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         do_cfg = guidance_scale > 1.0
         repeat = 2 if do_cfg else 1
         prompts = ["", prompt] if do_cfg else [prompt]
-        text = encode_prompts(self.tokenizer, self.text_encoder, prompts).to(dtype)
+        text, added = prompt_conditions(self, prompts, image.shape[-2:])
+        text = text.to(dtype)
         image_embeds = clip_last = None
         if subject is not None:
             # Released (largen_inference.py): the unconditional branch zeroes only the Assign input (ref_ip); it keeps
@@ -227,7 +246,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
                 noisy_subject = self.scheduler.add_noise(subject_latents.repeat(repeat, 1, 1, 1), subject_noise,
                                                          t.reshape(1))
                 bank = refine(noisy_subject, t, clip_last)
-            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None)
+            eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None, added)
             if do_cfg:
                 uncond, cond = eps.chunk(2)
                 eps = uncond + guidance_scale * (cond - uncond)

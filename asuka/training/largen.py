@@ -15,12 +15,12 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from asuka.data.images import pil_to_tensor
-from asuka.models.backbones import is_tiny
+from asuka.models.backbones import backbone_for, is_tiny
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states
 from asuka.models.largen.net import LarGenNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input
 from asuka.pipelines.largen_build import build_assign, build_refine, inference_scheduler, load_parts
-from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline, encode_prompts
+from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline, prompt_conditions
 from asuka.training.engine import fit
 from asuka.training.largen_data import build_quadruplet_dataset
 from asuka.training.modules import unwrap
@@ -68,9 +68,9 @@ class LarGenStage(Stage):
         mask_latent, masked = encode_masked_image(vae, image, mask)
         pixels = clip_pixels(batch["subject"], parts.image_encoder) * keep.view(-1, 1, 1, 1).to(parts.image_encoder.dtype)
         penultimate, last = image_hidden_states(parts.image_encoder, pixels)
+        text, added = prompt_conditions(parts, batch["caption"], image.shape[-2:])
         return {"latents": encode_latents(vae, image), "mask_latent": mask_latent, "masked": masked, "keep": keep,
-                "text": encode_prompts(parts.tokenizer, parts.text_encoder, batch["caption"]),
-                "penultimate": penultimate, "last": last}
+                "text": text, "added": added, "penultimate": penultimate, "last": last}
 
     def _noised(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
@@ -89,6 +89,7 @@ class LarGenStage(Stage):
             vae=self.sd.vae, text_encoder=self.parts.text_encoder, tokenizer=self.parts.tokenizer, unet=net.unet,
             assign=net.assign, image_encoder=self.parts.image_encoder,
             scheduler=inference_scheduler(self.sd.scheduler.config), refine=refine, decoder=None,
+            text_encoder_2=self.parts.text_encoder_2, tokenizer_2=self.parts.tokenizer_2,
         )
         pipe.set_progress_bar_config(disable=True)
         image, mask, subject, keep = batch["image"].float(), batch["mask"].float(), batch["subject"].float(), batch["subject_keep"]
@@ -130,7 +131,8 @@ class AssignStage(LarGenStage):
     def training_step(self, batch: dict, step: int) -> StepOutput:
         x = self._frozen_inputs(batch)
         noise, t, noisy = self._noised(x["latents"])
-        eps = self.trainable["largen"](unet_input(noisy, x["mask_latent"], x["masked"]), t, x["text"], x["penultimate"])
+        eps = self.trainable["largen"](unet_input(noisy, x["mask_latent"], x["masked"]), t, x["text"], x["penultimate"],
+                                       added_cond_kwargs=x["added"])
         loss = F.mse_loss(eps.float(), noise.float())
         return StepOutput({"largen": loss}, {"subject_kept": float(x["keep"].mean())})
 
@@ -148,6 +150,9 @@ class RefineStage(LarGenStage):
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
         super().check_config(cfg)
+        if backbone_for(cfg.model).name == "sdxl":  # RefineNet.from_unet knows no text_time conditions
+            raise ConfigError("largen.stage", "stage B (RefineNet) is SD-1.5 only: the released SDXL model has none "
+                              "(USE_REFINE False)")
         for key in ("unet", "assign"):
             if is_given(cfg.largen.get(key)):
                 continue
@@ -181,7 +186,7 @@ class RefineStage(LarGenStage):
         subject_noise = torch.randn(subject_latents.shape, device=subject_latents.device, dtype=subject_latents.dtype)
         bank = self.trainable["refine"](self.sd.scheduler.add_noise(subject_latents, subject_noise, t), t, x["last"])
         eps = self.net(unet_input(noisy, x["mask_latent"], x["masked"]), t, x["text"], x["penultimate"],
-                       reference_bank=bank, reference_keep=x["keep"])
+                       reference_bank=bank, reference_keep=x["keep"], added_cond_kwargs=x["added"])
         loss = F.mse_loss(eps.float(), noise.float())
         return StepOutput({"refine": loss}, {"subject_kept": float(x["keep"].mean())})
 

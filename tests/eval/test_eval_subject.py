@@ -55,8 +55,9 @@ def test_benchmark_file_errors(tmp_path):
     assert load_subject_items(cfg)[0].prompt == "a dog"
 
 
-def test_largen_eval_writes_subject_metrics_and_keeps_predictions(tmp_path):
-    cfg = compose_config("eval", ["experiment=demo", "method=largen", "dataset=largen_samples"])
+@pytest.mark.parametrize("model", [[], ["model=sdxl_tiny"]])  # SD-1.5, and SDXL (the released LAR-Gen backbone)
+def test_largen_eval_writes_subject_metrics_and_keeps_predictions(tmp_path, model):
+    cfg = compose_config("eval", ["experiment=demo", "method=largen", "dataset=largen_samples", *model])
     results = evaluate(cfg, tmp_path)
     metrics = json.loads((tmp_path / "results.json").read_text())["metrics"]
     assert all(np.isfinite(metrics[k]) for k in ("clip_i", "dino", "clip_t", "bg_psnr", "bg_lpips", "fid"))

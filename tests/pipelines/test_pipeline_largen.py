@@ -110,8 +110,8 @@ def test_cfg_uncond_keeps_the_subject_reference_as_released(pipe, monkeypatch):
     refs, nets = [], []
     real_refine, real_net = pipe.refine, pipe.net
     monkeypatch.setattr(pipe, "refine", lambda x, t, clip: refs.append((x, clip)) or real_refine(x, t, clip))
-    monkeypatch.setattr(pipe, "net", lambda x, t, text, img, scale, bank, keep: nets.append((img, bank, keep))
-                        or real_net(x, t, text, img, scale, bank, keep))
+    monkeypatch.setattr(pipe, "net", lambda x, t, text, img, scale, bank, keep, added: nets.append((img, bank, keep))
+                        or real_net(x, t, text, img, scale, bank, keep, added))
     image, hole = subject()
     pixels = torch.rand(1, 3, 64, 64) * 2 - 1
     mask = torch.zeros(1, 1, 64, 64)

@@ -161,7 +161,14 @@ class AssignAdapter(ModelMixin, ConfigMixin):
     ) -> "AssignAdapter":
         """Read ``ip-adapter-plus_sd15.bin`` / ``.safetensors`` (``h94/IP-Adapter``) for ``unet``; the resampler's
         sizes come from the file (as diffusers infers them), its head width is ``dim_head``."""
-        state = read_ip_adapter_file(path)
+        return cls.from_ip_adapter_state(read_ip_adapter_file(path), unet, dim_head, str(path))
+
+    @classmethod
+    def from_ip_adapter_state(
+        cls, state: dict[str, dict[str, torch.Tensor]], unet: UNet2DConditionModel, dim_head: int = 64,
+        source: str = "state dict",
+    ) -> "AssignAdapter":
+        """An adapter for ``unet`` from an ``h94`` ``{"image_proj", "ip_adapter"}`` dict, sized by its weights."""
         proj = state["image_proj"]
         try:
             depth = 1 + max(int(m.group(1)) for m in map(_LAYER.match, proj) if m)
@@ -176,11 +183,11 @@ class AssignAdapter(ModelMixin, ConfigMixin):
                 ffn_ratio=proj["layers.0.1.1.weight"].shape[0] / proj["latents"].shape[2],
             )
         except (KeyError, ValueError) as exc:
-            raise AsukaError(f"{path}: not an ip-adapter-plus file (missing {exc})") from None
+            raise AsukaError(f"{source}: not an ip-adapter-plus file (missing {exc})") from None
         if adapter.config.cross_attention_dim != proj["proj_out.weight"].shape[0]:
-            raise AsukaError(f"{path}: resampler output width {proj['proj_out.weight'].shape[0]} differs from the "
+            raise AsukaError(f"{source}: resampler output width {proj['proj_out.weight'].shape[0]} differs from the "
                              f"UNet's cross-attention width {adapter.config.cross_attention_dim}")
-        adapter.load_ip_adapter_state_dict(state, str(path))
+        adapter.load_ip_adapter_state_dict(state, source)
         return adapter
 
 

@@ -14,7 +14,7 @@ from asuka.models.largen.attention import READ, install_processors
 
 
 class LarGenNet(nn.Module):
-    """``forward(sample, t, text_embeds, image_embeds, ip_scale, reference_bank, reference_keep) -> eps``."""
+    """``forward(sample, t, text_embeds, image_embeds, ip_scale, reference_bank, reference_keep, added) -> eps``."""
 
     def __init__(self, unet: UNet2DConditionModel, assign: AssignAdapter) -> None:
         super().__init__()
@@ -30,15 +30,19 @@ class LarGenNet(nn.Module):
         ip_scale: float = 1.0,
         reference_bank: dict[str, torch.Tensor] | None = None,
         reference_keep: torch.Tensor | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``sample``: the 9-channel input (:func:`asuka.models.sd.unet_input`); ``image_embeds``: CLIP penultimate
         hidden states, or None for a text-only prompt (the image branch is skipped); ``reference_bank`` from
-        :class:`RefineNet`, ``reference_keep [B]`` 0 for samples that must not see it."""
+        :class:`RefineNet`, ``reference_keep [B]`` 0 for samples that must not see it; ``added_cond_kwargs``: SDXL's
+        pooled vector and size ids (None on SD-1.5)."""
         dtype = self.unet.dtype
         skip = image_embeds is None or float(ip_scale) == 0.0
         ip_tokens = None if skip else self.assign(image_embeds.to(self.assign.dtype))
         kwargs = {"ip_tokens": ip_tokens, "ip_scale": float(ip_scale), "reference_bank": reference_bank,
                   "reference_keep": reference_keep}
+        added = None if added_cond_kwargs is None else {k: v.to(dtype) for k, v in added_cond_kwargs.items()}
         return self.unet(
-            sample.to(dtype), timestep, encoder_hidden_states=text_embeds.to(dtype), cross_attention_kwargs=kwargs
+            sample.to(dtype), timestep, encoder_hidden_states=text_embeds.to(dtype), cross_attention_kwargs=kwargs,
+            added_cond_kwargs=added,
         ).sample

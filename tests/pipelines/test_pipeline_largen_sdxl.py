@@ -1,0 +1,117 @@
+"""LarGenInpaintPipeline on SDXL (``model=sdxl_tiny``; the released LAR-Gen backbone): the four tasks, the SDXL
+prompt conditions reaching the UNet, the round trip and ``scripts/inpaint.py method=largen model=sdxl_tiny``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import REPO, compose_config  # noqa: E402
+
+from asuka.pipelines.baselines import tiny_token_ids  # noqa: E402
+from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
+from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
+
+SDXL_TINY = ["experiment=demo", "method=largen", "model=sdxl_tiny"]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> LarGenInpaintPipeline:
+    pipe = build_largen_pipeline(compose_config("eval", SDXL_TINY))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def scene(h: int = 96, w: int = 128) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def subject() -> Image.Image:
+    arr = np.full((40, 30, 3), 255, np.uint8)
+    arr[5:35, 5:25] = (200, 30, 30)
+    return Image.fromarray(arr)
+
+
+def hole(task: str, h: int = 96, w: int = 128) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    if task == "outpaint":  # text-guided outpainting: the border strips are the hole
+        mask[:, :16] = mask[:, -16:] = True
+    else:
+        mask[30:50, 70:95] = True
+    return mask
+
+
+def test_sdxl_backbone_parts(pipe):
+    assert pipe.unet.config.addition_embed_type == "text_time" and pipe.unet.config.in_channels == 9
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert pipe.refine is None  # released yaml: USE_REFINE False
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+@pytest.mark.parametrize("task", ["text", "subject", "text+subject", "outpaint"])
+def test_sdxl_four_tasks_fill_only_the_hole(pipe, task):
+    kwargs = {"text": {"prompt": "a red ball"}, "subject": {"subject_image": subject()},
+              "text+subject": {"prompt": "a red ball", "subject_image": subject()},
+              "outpaint": {"prompt": "a field"}}[task]
+    mask = hole(task)
+    out = pipe(scene(), Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images[0]
+    source = np.asarray(scene()).astype(np.float32) / 255
+    assert out.shape == source.shape
+    assert np.abs(out[~mask] - source[~mask]).max() < 1e-6  # known pixels pasted back
+    assert np.abs(out[mask] - source[mask]).mean() > 0.02  # the hole was generated
+
+
+def test_sdxl_prompt_conditions_reach_the_unet(pipe):
+    """The UNet gets both encoders' penultimate states, the second encoder's projected pooled vector and the working
+    size's time ids, computed here independently; empty prompt in the unconditional branch."""
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        pipe(scene(), Image.fromarray(hole("text").astype(np.uint8) * 255), prompt="a red ball",
+             num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np")
+    finally:
+        handle.remove()
+    ids = torch.cat([tiny_token_ids(p) for p in ("", "a red ball")])
+    with torch.no_grad():
+        one = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        two = pipe.text_encoder_2(ids, output_hidden_states=True)
+    size = pipe.default_size
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0]["encoder_hidden_states"], torch.cat([one, two.hidden_states[-2]], -1))
+    torch.testing.assert_close(seen[0]["added_cond_kwargs"]["text_embeds"], two.text_embeds)
+    assert seen[0]["added_cond_kwargs"]["time_ids"].tolist() == [[size, size, 0, 0, size, size]] * 2
+
+
+def test_sdxl_round_trip_keeps_the_second_encoder_and_the_output(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "largen")
+    loaded = load_largen_pipeline(tmp_path / "largen")
+    loaded.set_progress_bar_config(disable=True)
+    for name in ("unet", "assign", "text_encoder", "text_encoder_2"):
+        a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    run = lambda p: p(scene(), Image.fromarray(hole("text").astype(np.uint8) * 255), prompt="a ball",  # noqa: E731
+                      subject_image=subject(), num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images[0]
+    np.testing.assert_array_equal(run(pipe), run(loaded))
+
+
+def test_inpaint_script_on_sdxl_tiny(tmp_path):
+    mask = hole("text")
+    scene().save(tmp_path / "scene.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    subject().save(tmp_path / "subject.png")
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "scripts/inpaint.py"), *SDXL_TINY, f"image={tmp_path / 'scene.png'}",
+           f"mask={tmp_path / 'mask.png'}", f"subject={tmp_path / 'subject.png'}", "steps=2",
+           f"out={tmp_path / 'out.png'}", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == (96, 128, 3) and np.array_equal(out[~mask], np.asarray(scene())[~mask])
