@@ -86,7 +86,10 @@ class MaskBank:
         if self.index.get("format") != BANK_FORMAT or self.index.get("version") != BANK_VERSION:
             raise DataError(f"{path}: not a version-{BANK_VERSION} {BANK_FORMAT} index")
         self.count, self.size = int(self.index["count"]), int(self.index["size"])
-        self.kinds = np.load(self.root / KINDS_FILE)
+        try:
+            self.kinds = np.load(self.root / KINDS_FILE, allow_pickle=False)
+        except (OSError, ValueError) as exc:  # missing, torn, or an object array (a pickle): never unpickled
+            raise DataError(f"{self.root / KINDS_FILE}: not a mask bank's kinds array ({exc}); {HINT}") from None
         if self.kinds.shape != (self.count,) or (self.root / MASKS_FILE).stat().st_size < self.count * self.size * (
                 -(-self.size // 8)):
             raise DataError(f"{self.root}: {MASKS_FILE} / {KINDS_FILE} do not hold {self.count} masks; {HINT}")

@@ -53,4 +53,7 @@ def transformers_folder(folder: str | os.PathLike | None, config_key: str, what:
     if path is None or not (path / "config.json").is_file():
         raise ConfigError(config_key, f"{path}: the {what} metric needs a local transformers folder of {hub_id} "
                                       "(config.json + weights)")
+    if not any(path.glob("*.safetensors")) and os.environ.get("ASUKA_TRUST_PICKLE") != "1":
+        raise ConfigError(config_key, f"{path}: no *.safetensors weights (a pickled *.bin is read only with "
+                                      "ASUKA_TRUST_PICKLE=1; convert it to safetensors instead)")
     return path

@@ -129,3 +129,13 @@ def test_roll_is_numpys_roll():
         mask = mask.T[::-1] if rng.random() < 0.5 else mask  # views, as the draws pass them
         dy, dx = (int(v) for v in rng.integers(0, side, 2))
         assert np.array_equal(_roll(mask, dy, dx), np.roll(mask, (dy, dx), axis=(0, 1)))
+
+
+def test_a_pickled_kinds_array_is_refused_not_unpickled(bank_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bank"
+    shutil.copytree(bank_dir, copy)
+    np.save(copy / "kinds.npy", np.array([object()] * N, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"kinds.npy: not a mask bank's kinds array .*allow_pickle=False"):
+        MaskBank(copy)

@@ -67,3 +67,16 @@ def test_allow_list_by_name_and_the_refusal_names_the_global(tmp_path, monkeypat
     torch.save({"model": weights, "extra": Opaque()}, tmp_path / "opaque.pth")
     with pytest.raises(AsukaError, match=r"opaque.pth: refusing to unpickle .*test_safe_load.Opaque"):
         load_state_dict(tmp_path / "opaque.pth")
+
+
+def test_a_metric_folder_with_only_pickled_weights_needs_trust(tmp_path, monkeypatch):
+    from asuka.utils.errors import ConfigError
+    from asuka.utils.weights import transformers_folder
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    monkeypatch.delenv("ASUKA_TRUST_PICKLE", raising=False)
+    with pytest.raises(ConfigError, match=r"paths.clip.*no \*.safetensors weights.*ASUKA_TRUST_PICKLE=1"):
+        transformers_folder(tmp_path, "paths.clip", "CLIP", "openai/clip-vit-large-patch14")
+    monkeypatch.setenv("ASUKA_TRUST_PICKLE", "1")
+    assert transformers_folder(tmp_path, "paths.clip", "CLIP", "openai/clip-vit-large-patch14") == tmp_path
