@@ -10,13 +10,35 @@ check it against the unsharded model.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import torch
 from accelerate import Accelerator
 from torch import nn
 
 from asuka.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def _own(value: Any) -> Any:
+    """``value`` with every tensor that is a view of another replaced by its own copy (tuples, lists and diffusers'
+    dict-like outputs walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value._base is not None else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_own(v) for v in value)
+    if isinstance(value, dict):
+        for key in list(value.keys()):
+            value[key] = _own(value[key])
+    return value
+
+
+def _copy_views(module: nn.Module, args: Any, output: Any) -> Any:
+    """A sharded block's outputs as tensors of their own. diffusers' FLUX single block returns slices of one tensor;
+    FSDP2 warns that an in-place op on such a view would skip its pre-backward all-gather and give wrong gradients.
+    No code of ours or diffusers' does that today, but a copy (a few MB per block) removes the doubt for good."""
+    return _own(output)
 
 
 def shard_frozen(modules: dict[str, nn.Module], accelerator: Accelerator) -> list[str]:
@@ -35,7 +57,9 @@ def shard_frozen(modules: dict[str, nn.Module], accelerator: Accelerator) -> lis
         for child in module.children():  # the top-level block lists (FLUX: transformer_blocks, single_...)
             if isinstance(child, nn.ModuleList):
                 for block in child:
+                    block.register_forward_hook(_copy_views)  # before fully_shard: runs before FSDP's own hook
                     fully_shard(block, mesh=mesh)
+        module.register_forward_hook(_copy_views)
         fully_shard(module, mesh=mesh)
     log.info("sharded the frozen %s over %d processes (FSDP2)", ", ".join(modules), accelerator.num_processes)
     return list(modules)

@@ -68,7 +68,8 @@ def test_sharded_stage_two_matches_unsharded_and_resumes_exactly(tmp_path):
     runs = {}
     for name, extra in (("plain", []), ("sharded", ["trainer=fsdp_frozen"])):
         run_dir = tmp_path / name
-        script("train_align.py", *common, *extra, f"hydra.run.dir={run_dir}", launcher=torchrun)
+        proc = script("train_align.py", *common, *extra, f"hydra.run.dir={run_dir}", launcher=torchrun)
+        assert "returned a view tensor" not in proc.stderr  # FSDP2's doubt about in-place ops on block outputs
         runs[name] = run_dir
         info = json.loads((run_dir / "run_info.json").read_text())
         assert info["world_size"] == 2 and info["sharded_frozen"] == (["denoiser"] if extra else [])
