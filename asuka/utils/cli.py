@@ -12,6 +12,24 @@ from omegaconf import DictConfig, OmegaConf
 from asuka.utils.errors import AsukaError
 from asuka.utils.process import tie_worker_to_launcher
 
+
+
+def check_run_dir_argument(argv: list[str]) -> None:
+    """``hydra.run.dir=DIR`` on an entry script's command line must be writable: Hydra creates it before our code
+    runs and would answer a read-only folder with its own traceback. One line and exit 2 instead."""
+    if not argv or Path(argv[0]).resolve().parent != Path(_repo_dir()) / "scripts":
+        return
+    from asuka.utils.paths import check_writable
+
+    for arg in argv[1:]:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                check_writable(Path(os.path.expanduser(arg.split("=", 1)[1])), "hydra.run.dir")
+            except AsukaError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
+
+
 tie_worker_to_launcher()  # every entry script imports this module first: a worker is tied before it loads anything
 
 
@@ -47,3 +65,6 @@ def run(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except AsukaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+check_run_dir_argument(sys.argv)  # before @hydra.main creates the folder

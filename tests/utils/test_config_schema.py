@@ -73,3 +73,20 @@ def test_scripts_refuse_in_one_line_before_any_work(tmp_path: Path, script: str,
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: config key '{key}'")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydra(tmp_path: Path) -> None:
+    """hydra.run.dir on a read-only file system (a real read-only tmpfs): one line, exit 2, no Hydra traceback."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root): the read-only run-folder test did not run")
+    try:
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_mae.py"), "experiment=demo",
+                               f"hydra.run.dir={ro / 'run'}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: config key 'hydra.run.dir': {ro / 'run'} is not writable (Read-only file system)"]
