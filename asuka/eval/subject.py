@@ -22,7 +22,7 @@ import PIL.Image
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asuka.data.images import load_image, load_mask, pil_to_tensor
+from asuka.data.images import image_size, load_image, load_mask, pil_to_tensor
 from asuka.eval.features import build_inception, inception_weights_file
 from asuka.eval.metrics import build_lpips, frechet_distance, lpips_metric, lpips_trunk_file
 from asuka.eval.subject_metrics import SubjectScorer, background_psnr, dino_weights_folder, generated_region
@@ -77,6 +77,23 @@ def load_subject_items(dataset_cfg: Any) -> list[SubjectItem]:
     if not items:
         raise DataError(f"{path}: no items")
     return items
+
+
+def check_subject_inputs(items: list[SubjectItem]) -> None:
+    """Before any model loads: every scene, subject and mask readable (headers and integrity, masks decoded) and
+    each mask the size of its image, so a bad file never stops a generation half-way."""
+    for item in items:
+        size = image_size(item.scene)
+        hole = load_mask(item.mask)
+        if (hole.shape[1], hole.shape[0]) != size:
+            raise DataError(f"{item.mask}: mask is {hole.shape[1]}x{hole.shape[0]} but its scene {item.scene} is "
+                            f"{size[0]}x{size[1]}")
+        subject = image_size(item.subject)
+        if item.subject_mask is not None:
+            sub = load_mask(item.subject_mask)
+            if (sub.shape[1], sub.shape[0]) != subject:
+                raise DataError(f"{item.subject_mask}: subject mask is {sub.shape[1]}x{sub.shape[0]} but its subject "
+                                f"{item.subject} is {subject[0]}x{subject[1]}")
 
 
 def _inputs(item: SubjectItem, resolution: int) -> tuple[PIL.Image.Image, PIL.Image.Image, PIL.Image.Image, PIL.Image.Image | None]:
@@ -257,6 +274,7 @@ def evaluate_subject(cfg: DictConfig, run_dir: Path) -> dict:
     """Generate (unless present) and score; write ``results.json``, ``results.md`` and ``per_image.csv``."""
     _check(cfg)
     items = load_subject_items(cfg.dataset)
+    check_subject_inputs(items)
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.cpu else "cpu")
     out_dir = run_dir / "predictions"
     generate(cfg, items, out_dir, device)

@@ -110,3 +110,27 @@ def test_subject_method_without_a_subject_dataset_names_the_dataset(tmp_path, me
     with pytest.raises(ConfigError, match=r"^config key 'dataset': method=.* needs a subject benchmark: dataset=largen_samples"):
         evaluate(compose_config("eval", ["experiment=demo", f"method={method}"]), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_every_subject_input_is_checked_before_generating(tmp_path, monkeypatch):
+    """Issue 22 item 10: a mask of another size than its scene, or a corrupt subject, among the items: one line
+    naming the file before any model is built."""
+    from asuka.eval import subject as subject_mod
+
+    monkeypatch.setattr(subject_mod, "generate", lambda *a, **k: pytest.fail("generation started"))
+    root = tmp_path / "bench"
+    root.mkdir()
+    for k in range(2):
+        Image.new("RGB", (8, 8)).save(root / f"s{k}.png")
+    Image.new("L", (8, 8), 255).save(root / "m0.png")
+    Image.new("L", (6, 8), 255).save(root / "m1.png")  # the second item's mask: another size
+    lines = [{"name": f"x{k}", "scene": f"s{k}.png", "mask": f"m{k}.png", "subject": f"s{k}.png"} for k in range(2)]
+    (root / "benchmark.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    cfg = compose_config("eval", ["experiment=demo", "method=largen", "dataset=largen_samples"])
+    cfg.dataset.root, cfg.dataset.format = str(root), "jsonl"
+    with pytest.raises(DataError, match=r"m1.png: mask is 6x8 but its scene .*s1.png is 8x8"):
+        subject_mod.evaluate_subject(cfg, tmp_path / "run")
+    Image.new("L", (8, 8), 255).save(root / "m1.png")
+    (root / "s1.png").write_bytes((root / "s1.png").read_bytes()[:30])  # a truncated subject (and scene)
+    with pytest.raises(DataError, match=r"s1.png: cannot read image"):
+        subject_mod.evaluate_subject(cfg, tmp_path / "run")
