@@ -31,6 +31,7 @@ from asuka.eval.inputs import check_inputs
 from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips_metric, lpips_trunk_file,
                                 psnr, ssim)
 from asuka.eval.reuse import check_reuse
+from asuka.eval.selection import included_metrics
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 from asuka.utils.paths import inside
 from asuka.utils.workers import resolve_num_workers
@@ -344,6 +345,7 @@ def _official(cfg: DictConfig) -> bool:
 
 
 def _validate(cfg: DictConfig) -> None:
+    included_metrics(cfg)
     method = cfg.method.get("name")
     from asuka.eval.subject import SUBJECT_METHODS
 
@@ -373,7 +375,8 @@ def _check_weight_files(cfg: DictConfig) -> None:
     if cfg.metrics.weights == "pretrained":
         feats_mod.inception_weights_file(cfg.metrics.variant, OmegaConf.select(cfg, "paths.inception"))
         lpips_trunk_file(str(cfg.metrics.lpips_net), OmegaConf.select(cfg, "paths.lpips_dir"))
-        clip_weights_folder(OmegaConf.select(cfg, "paths.clip"))
+        if "clip" in included_metrics(cfg):  # the SD family's table needs no CLIP folder
+            clip_weights_folder(OmegaConf.select(cfg, "paths.clip"))
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:
@@ -414,7 +417,8 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
     real_set = feats_mod.FeatureSet(extractor, real_hash, res, n, cache_dir)
     fake_set = feats_mod.FeatureSet(extractor, fake_hash, res, n, cache_dir)
 
-    clip_model, clip_info = build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
+    clip_model, clip_info = (build_clip(m.weights, OmegaConf.select(cfg, "paths.clip"), device=device, seed=seed)
+                             if "clip" in included_metrics(cfg) else (None, None))
     per_image = {k: np.full(n, np.nan) for k in ("lpips", "psnr", "ssim", "grad", "clip", "color_error",
                                                   "hole_fraction")}
     official = _official(cfg)
@@ -429,7 +433,8 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
         idx = batch["index"]
         for key in ("psnr", "ssim", "grad", "color_error", "hole_fraction"):
             per_image[key][idx] = batch[key]
-        per_image["clip"][idx] = clip_similarity(clip_model, batch["clip_pred"], batch["clip_gt"])
+        if clip_model is not None:
+            per_image["clip"][idx] = clip_similarity(clip_model, batch["clip_pred"], batch["clip_gt"])
         per_image["lpips"][idx] = lpips_metric(lpips_model, batch["scored"], batch["gt"]).numpy()
         real_set.add(to_uint8(batch["gt"]))
         fake_set.add(to_uint8(batch["scored"]))
@@ -453,7 +458,8 @@ def score(cfg: DictConfig, items: Sequence[Any], pred_paths: Sequence[Path]) -> 
         "method": cfg.method.name, "dataset": cfg.dataset.get("name"), "image_count": n, "resolution": res,
         "variant": desc["variant"], "weights": m.weights, "inception_weights_file": desc["weights_file"],
         "inception_weights_sha256": desc["weights_sha256"], "resize_mode": desc["resize_mode"],
-        "lpips": lpips_info, "clip": clip_info, "composite": use_composite, "mask_threshold": MASK_THRESHOLD,
+        "lpips": lpips_info, "clip": clip_info, "metrics_included": list(included_metrics(cfg)),
+        "composite": use_composite, "mask_threshold": MASK_THRESHOLD,
         "seed": seed,
         "ids_pca": pca_dim, "min_images_for_fid": min_images, "band": int(m.band),
         "area_bins": [float(e) for e in m.area_bins],

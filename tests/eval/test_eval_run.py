@@ -274,3 +274,26 @@ def test_predictions_made_with_other_settings_are_never_reused(tmp_path, monkeyp
                                       "overwrite=true"), items, out)
     assert calls == ["sd"] and sorted(p.name for p in out.iterdir()) == ["img00.png", "img01.png"]
     assert '"name": "sd"' in (tmp_path / "run" / "predictions.settings.json").read_text()
+
+
+def test_metrics_include_defaults_per_family_and_clip_weights_only_when_asked(monkeypatch):
+    """The SD family's table needs no CLIP folder (issue 23); ASUKA-FLUX's adds Grad and CLIP; a list chooses."""
+    from asuka.eval import run as run_mod
+    from asuka.eval.selection import METRICS, included_metrics
+    from asuka.utils.errors import ConfigError
+
+    monkeypatch.setattr(run_mod.feats_mod, "inception_weights_file", lambda *a: None)
+    monkeypatch.setattr(run_mod, "lpips_trunk_file", lambda *a: None)
+    sd = compose_config("eval", ["method=sd", "paths.clip=null"])
+    assert "clip" not in included_metrics(sd) and {"fid", "u_ids", "p_ids", "lpips"} <= set(included_metrics(sd))
+    run_mod._check_weight_files(sd)  # no CLIP folder needed
+    flux = compose_config("eval", ["method=asuka_flux", "paths.clip=null"])
+    assert included_metrics(flux) == METRICS
+    with pytest.raises(ConfigError, match="paths.clip"):
+        run_mod._check_weight_files(flux)
+    asked = compose_config("eval", ["method=sd", "paths.clip=null", "metrics.include=[lpips,clip]"])
+    assert included_metrics(asked) == ("lpips", "clip")
+    with pytest.raises(ConfigError, match="paths.clip"):
+        run_mod._check_weight_files(asked)
+    with pytest.raises(ConfigError, match=r"metrics.include.*ids: choose from"):
+        included_metrics(compose_config("eval", ["metrics.include=[ids]"]))
