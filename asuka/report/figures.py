@@ -85,7 +85,8 @@ def _scored(run: EvalRun, name: str, gt: Image.Image, hole: Image.Image) -> Imag
 
 
 def image_grid(runs: list[EvalRun], names: list[str], thumb: int, path: Path) -> None:
-    """One row per item: input with the hole tinted, each method's prediction (as scored), ground truth; ``thumb`` pixels square."""
+    """One row per item: input with the hole tinted, each method's prediction (as scored), ground truth;
+    ``thumb`` pixels square."""
     cols = len(runs) + 2
     grid = Image.new("RGB", (thumb * cols, thumb * len(names)), "white")
     for i, name in enumerate(names):
