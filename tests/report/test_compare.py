@@ -147,3 +147,21 @@ def test_report_images_all_load_in_a_headless_browser(report, tmp_path) -> None:
     finally:
         driver.quit()
     assert len(loaded) == len(list(report.glob("*.png"))) and all(ok for _, ok in loaded), loaded
+
+
+def test_per_domain_bars_when_the_runs_have_domains(runs, tmp_path) -> None:
+    from asuka.report.compare import compare
+
+    copies = []
+    for k, run in enumerate(runs):  # MISATO-like results: by_domain as eval writes it for a dataset with domains
+        copy = _copy(run, tmp_path / run.name)
+        res = json.loads((copy / "results.json").read_text())
+        res["by_domain"] = {d: dict(res["metrics"], lpips=0.1 * (k + 1) + 0.01 * j)
+                            for j, d in enumerate(("indoor", "outdoor"))}
+        (copy / "results.json").write_text(json.dumps(res))
+        copies.append(copy)
+    out = tmp_path / "report"
+    compare(compose_config("compare", [f"runs=[{copies[0]},{copies[1]}]", f"out={out}"]))
+    with Image.open(out / "domain_lpips.png") as img:
+        assert (img.format, img.size) == ("PNG", (600, 400))
+    assert 'src="domain_lpips.png"' in (out / "report.html").read_text()
