@@ -168,7 +168,11 @@ def test_save_and_load_round_trip(pipe_with_decoder, tmp_path) -> None:
 
     image, mask = _image(), _mask()
     expected = _run(pipe_with_decoder, image, mask)
-    for loaded in (load_pipeline(tmp_path), AsukaInpaintPipeline.from_pretrained(tmp_path)):
+    from diffusers import DiffusionPipeline  # the generic loader too (a diffusers habit), once asuka is imported
+
+    for loaded in (load_pipeline(tmp_path), AsukaInpaintPipeline.from_pretrained(tmp_path),
+                   DiffusionPipeline.from_pretrained(tmp_path)):
+        assert type(loaded) is AsukaInpaintPipeline
         loaded.set_progress_bar_config(disable=True)
         assert type(loaded.decoder).__name__ == "AsukaDecoder"
         _assert_same_components(loaded, pipe_with_decoder)
