@@ -73,14 +73,9 @@ def disagreement(runs: list[EvalRun], metric: str, count: int) -> list[str]:
     return sorted(spread, key=lambda n: -spread[n])[:count]
 
 
-def _prediction(run: EvalRun, name: str) -> Path:
-    row = next(r for r in run.rows if r["name"] == name)
-    return Path(row["prediction"])
-
-
 def _scored(run: EvalRun, name: str, gt: Image.Image, hole: Image.Image) -> Image.Image:
     """The prediction as the run scored it: pasted into the ground truth outside the hole when composite was on."""
-    pred = load_image(_prediction(run, name)).resize(gt.size, Image.BICUBIC)
+    pred = load_image(run.predictions[name]).resize(gt.size, Image.BICUBIC)
     return Image.composite(pred, gt, hole) if run.results["meta"].get("composite", True) else pred
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from asuka.data.images import load_mask
-from asuka.eval.run import item_key, load_items
+from asuka.eval.run import item_key, load_items, match_predictions
 from asuka.utils.errors import ConfigError, DataError
 
 # Per-image columns of per_image.csv that hold a metric (the others: name, domain, hole_fraction, area_bin, prediction).
@@ -31,6 +31,7 @@ class EvalRun:
     rows: list[dict[str, Any]]       # per_image.csv, metric values as floats (nan when blank)
     images: dict[str, Path]          # item name -> ground truth file
     masks: dict[str, Path]           # item name -> mask file
+    predictions: dict[str, Path]     # item name -> the run's prediction
 
 
 def _number(text: str) -> float:
@@ -51,9 +52,14 @@ def load_run(path: str | Path) -> EvalRun:
         for m in PER_IMAGE_METRICS:
             r[m] = _number(r.get(m, ""))
     items = load_items(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    keys = [item_key(it.name) for it in items]
+    # matched by name inside the predictions folder (never a path read from a file); a moved run folder has its own
+    pred_dir = Path(str(results["meta"].get("predictions_dir") or run_dir / "predictions"))
+    if not pred_dir.is_dir():
+        pred_dir = run_dir / "predictions"
     return EvalRun(run_dir, str(results["meta"]["method"]), results, rows,
-                   {item_key(it.name): Path(it.image) for it in items},
-                   {item_key(it.name): Path(it.mask) for it in items})
+                   {k: Path(it.image) for k, it in zip(keys, items)}, {k: Path(it.mask) for k, it in zip(keys, items)},
+                   dict(zip(keys, match_predictions(keys, pred_dir))))
 
 
 def mask_hashes(run: EvalRun) -> dict[str, str]:

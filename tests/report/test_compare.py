@@ -79,6 +79,10 @@ def test_plots_and_grids_are_pngs_of_the_expected_size(report) -> None:
         with Image.open(report / grid) as img:
             img.load()
             assert (img.format, img.size) == ("PNG", (128 * (len(METHODS) + 2), 128 * 4))
+    with Image.open(report / "grid_items.png") as img:  # row 0 is scene_00; its last tile the ground truth
+        tile = img.convert("RGB").crop((128 * (len(METHODS) + 1), 0, 128 * (len(METHODS) + 2), 128))
+    with Image.open(REPO / "data" / "samples" / "scene_00.png") as gt:
+        assert list(tile.getdata()) == list(gt.convert("RGB").resize((128, 128), Image.BICUBIC).getdata())
     html = (report / "report.html").read_text()
     for src in re.findall(r'<img src="([^"]+)"', html):
         assert (report / src).is_file() and "/" not in src
