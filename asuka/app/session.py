@@ -9,7 +9,7 @@ import json
 import shlex
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asuka.data.canvas import extend_canvas, zoom_out_borders
 from asuka.pipelines.inpaint_files import inpaint_one, working_size
-from asuka.pipelines.methods import METHOD_LABELS, build_method_pipeline, flux_kwargs
+from asuka.pipelines.methods import FLUX_METHODS, METHOD_LABELS, build_method_pipeline, flux_kwargs
 from asuka.utils.config import is_given
 from asuka.utils.errors import ConfigError, DataError
 
@@ -146,7 +146,7 @@ def _command(overrides: list[str], pipeline: Any, method: str, req: Request, fil
             f"out={method}.png", f"steps={req.steps}", f"seed={req.seed}", f"paste_back={str(req.paste_back).lower()}",
             f"max_side={'null' if req.max_side is None else req.max_side}", f"downscale={str(req.downscale).lower()}"]
     if req.guidance is not None:
-        args.append(f"guidance={req.guidance}" if method in ("asuka_flux", "flux_fill")
+        args.append(f"guidance={req.guidance}" if method in FLUX_METHODS
                     else f"{'largen.' if method == 'largen' else ''}guidance_scale={req.guidance}")
     if req.condition_weight is not None and method == "asuka_flux":
         args.append(f"condition_weight={req.condition_weight}")
@@ -186,7 +186,7 @@ def run_request(models: AppModels, req: Request, out_dir: Path,
             pipe = models.pipeline(method)
             extra = _largen_kwargs(req, cfg) if method == "largen" else flux_kwargs(method, req.guidance,
                                                                                      req.condition_weight)
-            guidance = req.guidance if req.guidance is not None and method not in ("asuka_flux", "flux_fill") else (
+            guidance = req.guidance if req.guidance is not None and method not in FLUX_METHODS else (
                 float(cfg.largen.guidance_scale) if method == "largen" else float(cfg.guidance_scale))
             start = time.perf_counter()
             result = inpaint_one(pipe, image, hole, req.steps, req.seed, guidance, req.paste_back,
@@ -206,7 +206,9 @@ def run_request(models: AppModels, req: Request, out_dir: Path,
 
 
 def _request_json(req: Request) -> dict[str, Any]:
+    """The request's settings (not its pixels: ``asdict`` would deep-copy the images only to drop them)."""
     skip = {"image", "mask", "subject", "subject_mask"}
-    data = {k: v for k, v in asdict(req).items() if k not in skip}
+    data = {f.name: getattr(req, f.name) for f in fields(req) if f.name not in skip}
+    data["outpaint"] = None if req.outpaint is None else asdict(req.outpaint)
     data["has_subject"], data["has_subject_mask"] = req.subject is not None, req.subject_mask is not None
     return data

@@ -32,6 +32,7 @@ from asuka.eval.metrics import (build_lpips, frechet_distance, ids_scores, lpips
                                 psnr, ssim)
 from asuka.eval.reuse import check_reuse
 from asuka.eval.selection import included_metrics
+from asuka.pipelines.methods import FLUX_METHODS
 from asuka.utils.errors import AsukaError, ConfigError, DataError
 from asuka.utils.paths import inside
 from asuka.utils.workers import resolve_num_workers
@@ -354,7 +355,7 @@ def _validate(cfg: DictConfig) -> None:
                                      f"(or dataset=dreambench_coco), not dataset={cfg.dataset.get('name')}")
     if method not in METHODS:
         raise ConfigError("method.name", f"{method!r}: expected one of {', '.join(METHODS)}")
-    if _official(cfg) and method not in ("asuka_flux", "flux_fill", "predictions"):
+    if _official(cfg) and method not in (*FLUX_METHODS, "predictions"):
         raise ConfigError("recipe", f"'official' is the released ASUKA-FLUX script's recipe (method=asuka_flux, "
                                     f"flux_fill, or predictions made by it), not method={method}")
     if method == "predictions" and not cfg.get("predictions_dir"):

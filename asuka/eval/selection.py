@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from asuka.pipelines.methods import FLUX_METHODS
 from asuka.utils.errors import ConfigError
 
 METRICS = ("fid", "u_ids", "p_ids", "lpips", "psnr", "ssim", "grad", "clip", "color_error")
-FLUX_FAMILY = ("asuka_flux", "flux_fill")
 # every metric but CLIP for the SD family (FID, U-IDS, P-IDS, LPIPS of the paper, and the cheap ones beside them)
 SD_TABLE = tuple(m for m in METRICS if m != "clip")
 
@@ -16,7 +16,7 @@ def included_metrics(cfg: DictConfig) -> tuple[str, ...]:
     """``metrics.include`` checked, or the family default (ASUKA-FLUX / FLUX.1-Fill: all; others: all but CLIP)."""
     chosen = OmegaConf.select(cfg, "metrics.include")
     if chosen is None:
-        return METRICS if cfg.method.get("name") in FLUX_FAMILY else SD_TABLE
+        return METRICS if cfg.method.get("name") in FLUX_METHODS else SD_TABLE
     chosen = [str(m) for m in chosen]
     unknown = sorted(set(chosen) - set(METRICS))
     if unknown or not chosen:

@@ -35,7 +35,7 @@ from asuka.training.run_folder import MetricsLog, config_container, make_grid, s
 from asuka.training.run_guard import prepare_run_dir
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
-from asuka.training.validate import check_mixed_precision, check_tracker_login, validate_training_config
+from asuka.training.validate import check_tracker_login, validate_training_config
 from asuka.utils.config_schema import validate_config
 from asuka.utils.process import term_when_parent_dies
 from asuka.utils.errors import AsukaError
@@ -89,7 +89,7 @@ class Trainer:
         tracker = cfg.get("logger", {}).get("tracker")
         self.accelerator = Accelerator(
             cpu=bool(self.tcfg.cpu),
-            mixed_precision=check_mixed_precision(cfg),
+            mixed_precision=str(self.tcfg.mixed_precision),  # checked by config_schema in fit()
             log_with=tracker,
             project_dir=str(run_dir),
             kwargs_handlers=[

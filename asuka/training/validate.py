@@ -58,14 +58,6 @@ def check_optim(optim: DictConfig, key: str = "optim") -> None:
         check_number(beta, f"{key}.betas", at_least=0.0, below=1.0)
 
 
-def check_mixed_precision(cfg: DictConfig) -> str:
-    """``trainer.mixed_precision``, checked before the Accelerator is built (it would raise a traceback)."""
-    precision = cfg.trainer.get("mixed_precision")
-    if precision not in ("no", "fp16", "bf16"):
-        raise ConfigError("trainer.mixed_precision", f"must be no, fp16 or bf16, got {precision!r}")
-    return str(precision)
-
-
 def validate_training_config(cfg: DictConfig, num_processes: int) -> int:
     """Check the engine's keys and the data keys every stage shares; return the per-device batch size.
 
