@@ -26,6 +26,7 @@ from torch import nn
 from asuka.training.modules import load_module, save_module, unwrap
 from asuka.training.run_dir.info import save_config
 from asuka.training.run_dir.layout import CONFIG_FILE, PREFIX, STATE_FILE, TMP_PREFIX, TRASH_PREFIX, RunLayout
+from asuka.training.stage import Stage
 from asuka.utils.errors import AsukaError
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class TrainingParts:
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, object]
     scaler: object | None
-    stage: object  # a Stage: state_dict() / load_state_dict()
+    stage: Stage
 
 
 def write_training_state(folder: Path, parts: TrainingParts, cfg: DictConfig) -> None:
