@@ -62,6 +62,17 @@ def test_text_subject_and_both_inpaint_only_the_hole(pipe, mode):
     assert np.abs(out[mask] - scene[mask]).mean() > 0.02  # the hole was filled with something else
 
 
+def test_odd_sizes_keep_the_callers_size(pipe):
+    scene, mask = scene_and_mask()
+    odd, odd_mask = scene.crop((0, 0, scene.width - 3, scene.height - 5)), mask.crop((0, 0, scene.width - 3,
+                                                                                     scene.height - 5))
+    out = pipe(odd, odd_mask, prompt="a red ball", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np").images[0]
+    assert out.shape[:2] == (odd.height, odd.width)
+    known = np.asarray(odd_mask) < 128
+    assert np.abs(out[known] - np.asarray(odd)[known] / 255).max() < 1e-6
+
+
 def test_prompt_and_subject_change_the_result(pipe):
     image, hole = subject()
     _, mask, text = run(pipe, prompt="a red ball")
