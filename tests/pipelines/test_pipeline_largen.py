@@ -14,6 +14,7 @@ from conftest import compose_config  # noqa: E402
 
 from asuka.models.largen.crop import mask_box  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
+from asuka.pipelines.loading import load_pipeline  # noqa: E402
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
 from asuka.utils.errors import AsukaError  # noqa: E402
 
@@ -181,6 +182,13 @@ def test_asuka_decoder_as_the_decoder(tmp_path):
     assert np.abs(plain[mask] - decoded[mask]).max() > 1e-3  # another decoder decoded the latents
     with_decoder.save_pretrained(tmp_path / "p")
     assert type(load_largen_pipeline(tmp_path / "p").decoder).__name__ == "AsukaDecoder"
+    with pytest.raises(AsukaError, match=r"a LAR-Gen pipeline \(model_index.json: LarGenInpaintPipeline\); run it "
+                                         r"with method=largen"):
+        load_pipeline(tmp_path / "p")  # what inpaint.py / eval.py call without method=largen
+    (tmp_path / "asuka").mkdir()
+    (tmp_path / "asuka" / "model_index.json").write_text('{"_class_name": "AsukaInpaintPipeline"}')
+    with pytest.raises(AsukaError, match="not a LAR-Gen pipeline .*AsukaInpaintPipeline.*without method=largen"):
+        load_largen_pipeline(tmp_path / "asuka")
 
 
 def test_export_and_inpaint_scripts(tmp_path):
@@ -193,7 +201,7 @@ def test_export_and_inpaint_scripts(tmp_path):
     export = [sys.executable, str(REPO / "scripts/export_pipeline.py"), "experiment=demo", "method=largen",
               f"out={tmp_path / 'pipe'}", f"hydra.run.dir={tmp_path / 'h1'}"]
     inpaint = [sys.executable, str(REPO / "scripts/inpaint.py"), "experiment=demo", "method=largen",
-               f"largen.pipeline={tmp_path / 'pipe'}", f"image={shard / '0000000.png'}",
+               f"pipeline={tmp_path / 'pipe'}", f"image={shard / '0000000.png'}",
                f"mask={shard / '0000000_00_mask.png'}", f"subject={shard / '0000001_00_subject.png'}",
                f"subject_mask={shard / '0000001_00_subject_mask.png'}", "prompt=a blue box", "steps=2",
                f"out={tmp_path / 'out.png'}", f"hydra.run.dir={tmp_path / 'h2'}"]
