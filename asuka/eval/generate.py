@@ -81,7 +81,7 @@ def generate_predictions(cfg: DictConfig, items: Sequence[Any], out_dir: Path) -
                                    .expand(3, -1, -1) * 2 - 1).convert("L") for s in samples]
             gens = [torch.Generator("cpu").manual_seed(int(cfg.seed) + i) for i in idx]
             out = pipe(image=images, mask_image=masks, num_inference_steps=int(cfg.num_inference_steps),
-                       generator=gens, output_type="pil")
+                       generator=gens, output_type="pil", paste_back=False)  # the metrics composite themselves
             outs = out.images if hasattr(out, "images") else out[0]
             for i, img in zip(idx, outs):
                 _save_png(img, targets[i])
