@@ -43,7 +43,8 @@ class RefineNet(ModelMixin, ConfigMixin):
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, image_embed_dim: int = 1280) -> "RefineNet":
         """Start from the main UNet's weights; ``conv_in`` keeps its noisy-latent channels (the first four). Our
-        choice: the released SDXL code copies the UNet too but starts this one convolution fresh."""
+        choice: the released SDXL code (``LargenUNetXL.init_from_ckpt``) copies the UNet too, its ``conv_in`` from the
+        4-channel text-to-image base it starts from."""
         net = cls(refine_unet_config(unet), image_embed_dim)
         state = {k: v for k, v in unet.state_dict().items()}
         state["conv_in.weight"] = state["conv_in.weight"][:, :LATENT_CHANNELS]
