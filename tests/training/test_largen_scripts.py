@@ -69,8 +69,9 @@ def test_sdxl_stage_b_script_exports_and_inpaints_with_its_refinenet(tmp_path):
                            f"hydra.run.dir={tmp_path / 'h'}"], env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.asarray(Image.open(tmp_path / "out.png")).astype(np.float64)[mask]
-    call = lambda p: p(scene, Image.fromarray(mask.astype(np.uint8) * 255), subject_image=Image.fromarray(subject),  # noqa: E731
-                       num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    hole = Image.fromarray(mask.astype(np.uint8) * 255)
+    call = lambda p: p(scene, hole, subject_image=Image.fromarray(subject), num_inference_steps=2,  # noqa: E731
+                       generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     with_refine = call(pipe)[mask] * 255
     without = call(LarGenInpaintPipeline(**{**pipe.components, "refine": None}))[mask] * 255
     assert np.abs(got - with_refine).max() <= 2  # the script's result is the pipeline's with its RefineNet ...
