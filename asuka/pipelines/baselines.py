@@ -2,7 +2,7 @@
 
 They read the same SD folder as ASUKA (the UNet, VAE and noise schedule through :func:`asuka.models.sd.load_sd_inpaint`,
 plus ``text_encoder/`` and ``tokenizer/``, loaded only here), sample with the same DDIM scheduler, and see exactly
-the same pixels (:func:`preprocess_inpaint_inputs`). The call signature is ``AsukaInpaintPipeline``'s, so the
+the same pixels (:func:`asuka.pipelines.inpaint_io.prepare_inputs`). The call signature is ``AsukaInpaintPipeline``'s, so the
 evaluation loop treats every method alike.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from asuka.models.frozen import resolve_dtype
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.models.tiny_text import tiny_text_config, tiny_token_ids
-from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, empty_masks_output, finish,
-                                                   preprocess_inpaint_inputs)
+from asuka.pipelines.inpaint_io import (ImageInput, all_empty, check_images_per_prompt, empty_masks_output,
+                                        prepare_inputs)
 from asuka.utils.config import cfg_get
 from asuka.utils.errors import AsukaError
 
@@ -77,19 +77,21 @@ class SDInpaintBaseline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         eta: float = 0.0,
         output_type: str = "pil",
-        paste_back: bool = False,
+        paste_back: bool = True,
         return_dict: bool = True,
+        num_images_per_prompt: int = 1,
+        strength: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Same inputs, outputs and conventions as :meth:`AsukaInpaintPipeline.__call__`."""
         pipe = self.pipe
-        init_image, mask = preprocess_inpaint_inputs(
-            image, mask_image, pipe.image_processor, pipe.mask_processor, height, width
-        )
+        inputs = prepare_inputs(image, mask_image, pipe.image_processor, pipe.mask_processor, height, width)
+        init_image, mask = inputs.image, inputs.mask
         if output_type == "latent":
             raise AsukaError("the SD baselines do not return latents")
-        if bool(all_empty(mask).all()):
-            return empty_masks_output(pipe, init_image, output_type, return_dict)
         batch = init_image.shape[0]
+        check_images_per_prompt(num_images_per_prompt, batch, generator)
+        if bool(all_empty(mask).all()):
+            return empty_masks_output(pipe, inputs.repeated(num_images_per_prompt), output_type, return_dict)
         if self.prompt == "":
             guidance_scale = 1.0
         out = pipe(
@@ -104,8 +106,10 @@ class SDInpaintBaseline:
             generator=generator,
             eta=eta,
             output_type="pt",
+            num_images_per_prompt=num_images_per_prompt,
+            strength=strength,
         ).images
-        result = finish(out.float() * 2.0 - 1.0, init_image, mask, paste_back)
+        result = inputs.repeated(num_images_per_prompt).finish(out.float() * 2.0 - 1.0, paste_back)
         images = pipe.image_processor.postprocess(result, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 

@@ -111,17 +111,17 @@ def inpaint_one(
     steps: int,
     seed: int,
     guidance_scale: float = 1.0,
-    paste_back: bool = False,
+    paste_back: bool | None = None,
     max_side: int | None = None,
     call_kwargs: dict | None = None,
 ) -> PIL.Image.Image:
     """Inpaint one RGB image with a bool mask (True = hole; or grey values in [0, 1]); the result has the input's
-    size.
+    size (the pipelines keep it).
 
-    The pipeline works at the size rounded down to a multiple of 8; the result is resized back (Lanczos) and, with
-    ``paste_back``, the known pixels of the original are composited at full resolution. An image whose longer side
-    exceeds ``max_side`` is inpainted at that size and the result pasted into the hole of the full-size input.
-    ``call_kwargs`` go to the pipeline as they are (FLUX's ``guidance``, LAR-Gen's ``prompt`` and subject, ...).
+    ``paste_back`` None leaves the pipeline's default (on; off under ASUKA-FLUX's ``recipe="official"``). An image
+    whose longer side exceeds ``max_side`` is inpainted at that size and the result (Lanczos) pasted into the hole
+    of the full-size input. ``call_kwargs`` go to the pipeline as they are (FLUX's ``guidance``, LAR-Gen's
+    ``prompt`` and subject, ...).
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     size = working_size(image.size, max_side)
@@ -135,16 +135,15 @@ def inpaint_one(
         guidance_scale=float(guidance_scale),
         generator=generator,
         output_type="pil",
-        paste_back=paste_back,
+        **({} if paste_back is None else {"paste_back": paste_back}),
         **(call_kwargs or {}),
     ).images[0]
-    if out.size != image.size:
+    if out.size != image.size:  # inpainted at max_side: pasted into the full-size input's hole
         out = out.resize(image.size, PIL.Image.LANCZOS)
-        if paste_back:
-            hole = mask if mask.shape == (image.height, image.width) else np.asarray(
-                PIL.Image.fromarray(mask).resize(image.size, PIL.Image.NEAREST)
-            )
-            out = PIL.Image.fromarray(np.where(hole[..., None], np.asarray(out), np.asarray(image)))
+        hole = mask if mask.shape == (image.height, image.width) else np.asarray(
+            PIL.Image.fromarray(mask).resize(image.size, PIL.Image.NEAREST)
+        )
+        out = PIL.Image.fromarray(np.where(hole[..., None], np.asarray(out), np.asarray(image)))
     return out
 
 
@@ -208,7 +207,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
         print(f"[inpaint {k}/{len(pairs)}] {image_path.name}: {size[0]}x{size[1]}{at}, {steps} steps", flush=True)
         result = inpaint_one(
             pipe, image, mask, steps, cfg.get("seed", 0), cfg.get("guidance_scale", 1.0),
-            bool(cfg.get("paste_back", False)), max_side if downscale else None,
+            cfg.get("paste_back"), max_side if downscale else None,
             flux_kwargs(cfg.method.name, cfg.get("guidance"), cfg.get("condition_weight")),
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from asuka.models.largen.refine import RefineNet
 from asuka.models.mae_import import TINY_SEED
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
 from asuka.pipelines.baselines import load_text_parts, tiny_text_encoder
-from asuka.pipelines.loading import load_decoder_folder, override_or_path
+from asuka.pipelines.loading import load_decoder_folder, override_or_path, read_model_index
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline
 from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
@@ -104,9 +104,10 @@ def inference_scheduler(scheduler_config: Any) -> DDIMScheduler:
 
 
 def build_largen_pipeline(cfg: DictConfig, device: str | torch.device = "cpu") -> LarGenInpaintPipeline:
-    """An exported folder (``pipeline=``, as for ASUKA; ``largen.pipeline=`` is an alias) as is, else the pipeline
-    assembled from the parts."""
-    folder = cfg.largen.get("pipeline") if is_given(cfg.largen.get("pipeline")) else cfg.get("pipeline")
+    """An exported folder (``pipeline=`` / ``paths.pipeline=``, as for ASUKA; ``largen.pipeline=`` is an alias) as
+    is, else the pipeline assembled from the parts."""
+    folder = cfg.largen.get("pipeline") if is_given(cfg.largen.get("pipeline")) else \
+        override_or_path(cfg, "pipeline", "pipeline")
     if is_given(folder):
         return load_largen_pipeline(folder, device)
     if not is_tiny(cfg) and not is_given(cfg.largen.get("unet")):
@@ -134,6 +135,10 @@ def load_largen_pipeline(path: str | os.PathLike, device: str | torch.device = "
     folder = Path(os.path.expanduser(str(path)))
     if not (folder / "model_index.json").is_file():
         raise AsukaError(f"{folder}: not an exported LAR-Gen pipeline (no model_index.json)")
+    name = read_model_index(folder).get("_class_name")
+    if name != LarGenInpaintPipeline.__name__:
+        raise AsukaError(f"{folder}: not a LAR-Gen pipeline (model_index.json: {name}); run it without "
+                         "method=largen")
     try:
         pipe = LarGenInpaintPipeline.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError, AttributeError, ImportError) as exc:

@@ -134,7 +134,11 @@ def load_pipeline(
             f"{folder}: not an exported ASUKA pipeline (no model_index.json; see scripts/export_pipeline.py)"
         )
     classes = {cls.__name__: cls for cls in (AsukaInpaintPipeline, AsukaFluxFillPipeline)}
-    cls = classes.get(read_model_index(folder).get("_class_name"), AsukaInpaintPipeline)
+    name = read_model_index(folder).get("_class_name")
+    if name == "LarGenInpaintPipeline":
+        raise AsukaError(f"{folder}: a LAR-Gen pipeline (model_index.json: {name}); run it with method=largen "
+                         "(and prompt=/subject=)")
+    cls = classes.get(name, AsukaInpaintPipeline)
     # the backbone and its VAE are read straight into ``dtype`` (no float32 copy of a 12B transformer)
     dt = None if dtype is None else resolve_dtype(dtype, "dtype")
     kwargs = {} if dt is None else {"torch_dtype": {"unet": dt, "transformer": dt, "vae": dt, "default": torch.float32}}

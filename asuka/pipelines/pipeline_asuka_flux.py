@@ -33,8 +33,10 @@ from asuka.models.backbones.flux import FluxConditions
 from asuka.models.decoder import AsukaDecoder
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.sd import vae_scale_factor
-from asuka.pipelines.pipeline_asuka_inpaint import (ImageInput, all_empty, decode_latents, empty_masks_output,
-                                                   preprocess_inpaint_inputs, sampled_output)
+from asuka.pipelines.inpaint_io import (ImageInput, InpaintInputs, all_empty, check_images_per_prompt,
+                                        empty_masks_output, prepare_inputs, preprocess_inpaint_inputs, sampled_output,
+                                        strength_timesteps)
+from asuka.pipelines.pipeline_asuka_inpaint import decode_latents
 from asuka.utils.errors import AsukaError, ConfigError
 
 CONDITION_WEIGHT = 0.5      # official --condition_weight default
@@ -163,10 +165,12 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
-        paste_back: bool = False,
+        paste_back: bool | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         guidance_scale: float = 1.0,
+        num_images_per_prompt: int = 1,
+        strength: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Inpaint the holes (mask 1) of ``image``.
 
@@ -181,43 +185,67 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
             prompt_embeds, pooled_prompt_embeds: precomputed ``txt``/``vec`` (skip the MAE, heads and blending).
             output_type: ``"pil"`` (rounded; truncated under ``recipe="official"``), ``"np"``, ``"pt"`` (in
                 [0, 1]) or ``"latent"`` (packed).
-            paste_back: composite the known pixels of the (preprocessed) input into the result.
+            paste_back: composite the known pixels of the input into the result; default on, except under
+                ``recipe="official"`` (the released script saves the output as sampled).
+            num_images_per_prompt: outputs per input image (each with its own noise).
+            strength: 1 starts from pure noise; below 1 from the input's latents mixed with noise at the
+                ``strength`` point of the schedule (diffusers' FluxFillPipeline meaning).
 
             guidance_scale: classifier-free guidance, as the SD pipeline's argument (so the scripts drive both
                 alike); only 1 (none, the released recipe) is supported.
 
-        Empty masks return the input, as the SD pipeline does.
+        Empty masks return the input, as the SD pipeline does. Without ``height``/``width`` the output has the
+        image's size (sampled at the size rounded down to 16 and resized back), except under ``recipe="official"``
+        (the released script's rounded size).
         """
         if float(guidance_scale) != 1.0:
             raise AsukaError(f"guidance_scale={guidance_scale}: ASUKA-FLUX runs FLUX.1-Fill's distilled guidance "
                              "(guidance=30), without classifier-free guidance; use guidance_scale=1")
-        init_image, mask = self.preprocess(image, mask_image, height, width)
-        b, device, dtype = init_image.shape[0], self._execution_device, self.transformer.dtype
+        inputs = InpaintInputs(*self.preprocess(image, mask_image, height, width)) if self.official else \
+            prepare_inputs(image, mask_image, self.image_processor, self.mask_processor, height, width)
+        paste_back = not self.official if paste_back is None else paste_back
+        n = num_images_per_prompt
+        check_images_per_prompt(n, inputs.image.shape[0], generator)
+        device, dtype = self._execution_device, self.transformer.dtype
         truncate = self.official and output_type == "pil"
         if truncate:
             output_type = "np"
-        if bool(all_empty(mask).all()):
-            return self._truncated(empty_masks_output(self, init_image, output_type, return_dict), truncate)
+        if bool(all_empty(inputs.mask).all()):
+            return self._truncated(empty_masks_output(self, inputs.repeated(n), output_type, return_dict), truncate)
 
+        init_image, mask = inputs.image, inputs.mask
         if prompt_embeds is None or pooled_prompt_embeds is None:
             txt, vec = self.encode_conditions(init_image, mask, condition_weight)
         else:
             txt, vec = prompt_embeds, pooled_prompt_embeds
         txt, vec = txt.to(device, dtype), vec.to(device, dtype)
-        if txt.shape[0] != b:
-            txt, vec = txt.repeat(b // txt.shape[0], 1, 1), vec.repeat(b // vec.shape[0], 1)
+        if txt.shape[0] != init_image.shape[0]:
+            txt, vec = (txt.repeat(init_image.shape[0] // txt.shape[0], 1, 1),
+                        vec.repeat(init_image.shape[0] // vec.shape[0], 1))
+        txt, vec = txt.repeat_interleave(n, dim=0), vec.repeat_interleave(n, dim=0)
+        b = txt.shape[0]
 
+        # As diffusers' FluxFillPipeline: the input's latents (strength < 1), the initial noise, then the masked
+        # image's posterior sample; the AE samples are drawn once per input image (the first generator of its
+        # copies).
+        encode_gen = generator[::n] if isinstance(generator, list) else generator
         h, w = flux.latent_grid(self.vae, init_image.shape[-2], init_image.shape[-1])
+        timesteps = flux.inference_timesteps(self.scheduler, num_inference_steps, h * w // flux.PACK ** 2, device)
+        timesteps = strength_timesteps(self.scheduler, timesteps, strength, flow_matching=True)
+        image_latents = None if strength == 1.0 or latents is not None else \
+            flux.pack(flux.encode_latents(self.vae, init_image.to(device), encode_gen))
         if latents is None:
             noise = randn_tensor((b, self.vae.config.latent_channels, h, w), generator=generator, device=device,
                                  dtype=RELEASE_DTYPE if self.official else dtype)
             latents = flux.pack(noise).to(dtype)
+            if image_latents is not None:
+                latents = self.scheduler.scale_noise(image_latents.repeat_interleave(n, dim=0).to(latents),
+                                                     timesteps[:1].repeat(b), latents)
         else:
             latents = latents.to(device=device, dtype=dtype)
-        fill = flux.fill_condition(self.vae, init_image.to(device), mask.to(device), generator)
-        fill = (fill.to(RELEASE_DTYPE) if self.official else fill).to(device, dtype)
+        fill = flux.fill_condition(self.vae, init_image.to(device), mask.to(device), encode_gen)
+        fill = (fill.to(RELEASE_DTYPE) if self.official else fill).to(device, dtype).repeat_interleave(n, dim=0)
         img_ids = flux.image_ids(self.vae, init_image.shape[-2], init_image.shape[-1], device, dtype)
-        timesteps = flux.inference_timesteps(self.scheduler, num_inference_steps, latents.shape[1], device)
 
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as bar:
@@ -229,8 +257,8 @@ class AsukaFluxFillPipeline(DiffusionPipeline):
                     latents = (callback_on_step_end(self, i, t, {"latents": latents}) or {}).get("latents", latents)
                 bar.update()
 
-        return self._truncated(sampled_output(self, latents, init_image, mask, paste_back, output_type, return_dict),
-                               truncate)
+        return self._truncated(sampled_output(self, latents, inputs.repeated(n), paste_back, output_type,
+                                              return_dict), truncate)
 
     @staticmethod
     def _truncated(out: ImagePipelineOutput | tuple, truncate: bool) -> ImagePipelineOutput | tuple:

@@ -36,8 +36,8 @@ from asuka.models.largen.net import LarGenNet
 from asuka.models.largen.refine import RefineNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
 from asuka.models.tiny_text import tiny_token_ids
-from asuka.pipelines.pipeline_asuka_inpaint import (AsukaInpaintPipeline, ImageInput, decode_latents,
-                                                   preprocess_inpaint_inputs)
+from asuka.pipelines.inpaint_io import ImageInput, prepare_inputs
+from asuka.pipelines.pipeline_asuka_inpaint import AsukaInpaintPipeline, decode_latents
 from asuka.utils.errors import AsukaError
 
 GUIDANCE_SCALE = 7.5      # released LAR-Gen inference
@@ -165,7 +165,8 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         known pixels of the input exactly; without it the whole pasted crop is the decoder's output, as released
         (what background metrics should see).
         """
-        scene, mask = preprocess_inpaint_inputs(image, mask_image, self.image_processor, self.mask_processor)
+        inputs = prepare_inputs(image, mask_image, self.image_processor, self.mask_processor)
+        scene, mask = inputs.image, inputs.mask
         if scene.shape[0] != 1:
             raise AsukaError("LarGenInpaintPipeline inpaints one image per call")
         if not prompt and subject_image is None:
@@ -173,7 +174,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         size = int(size or self.default_size)
         box = mask_box(mask[0, 0].numpy() > 0.5)
         if box is None:  # nothing to fill
-            images = self.image_processor.postprocess(scene, output_type=output_type)
+            images = self.image_processor.postprocess(inputs.output_image, output_type=output_type)
             return ImagePipelineOutput(images=images) if return_dict else (images,)
         height, width = scene.shape[-2:]
         x0, y0, x1, y1 = released_crop_box(mask[0, 0].numpy() > 0.5) if crop else (0, 0, width, height)
@@ -196,7 +197,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             patch = patch * keep + part[..., py0:py1, px0:px1] * (1 - keep)
         out = scene.clone()
         out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
-        images = self.image_processor.postprocess(out, output_type=output_type)
+        images = self.image_processor.postprocess(inputs.restore(out, paste_back), output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     def sample(

@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import compose_config
 
-from asuka.data.largen_engine.samples import make_samples
+from asuka.data.largen_engine.run import mine
+from asuka.data.largen_engine.samples import make_object_scene
 from asuka.data.quadruplets import Quadruplet, load_manifest
 from asuka.utils.errors import AsukaError, DataError
 
@@ -36,17 +38,41 @@ def test_shipped_samples_are_a_valid_manifest(repo):
         assert set(q.scores) == {"tag", "box", "mask"}
 
 
-def test_regenerating_the_samples_gives_the_shipped_content(repo, tmp_path):
-    shipped = load_manifest(repo / "data" / "largen_samples")
-    make_samples(tmp_path / "again")
-    again = load_manifest(tmp_path / "again")
-    assert [(q.id, q.tag, q.caption, q.box, q.source) for q in again] == \
-        [(q.id, q.tag, q.caption, q.box, q.source) for q in shipped]
-    for a, b in zip(again, shipped):
-        assert a.scores == pytest.approx(b.scores, abs=1e-6)
-        assert np.array_equal(_arr(a.mask), _arr(b.mask))
-        for key in ("scene", "subject"):  # procedural float maths: allow a rounding step
-            assert np.abs(_arr(getattr(a, key)).astype(int) - _arr(getattr(b, key))).max() <= 2
+def test_shipped_scenes_are_the_procedural_ones(repo):
+    scenes = sorted((repo / "data" / "largen_scenes").glob("*.png"))
+    assert [p.name for p in scenes] == [f"scene_{i:02d}.png" for i in range(4)]
+    for i, path in enumerate(scenes):  # procedural float maths: allow a rounding step across CPUs
+        assert np.abs(_arr(path).astype(int) - np.asarray(make_object_scene(0, i))).max() <= 2
+
+
+def test_the_engine_demo_regenerates_the_shipped_samples(repo, tmp_path):
+    """``make_largen_data.py experiment=demo`` (the shipped scenes, the stand-in stages) is how data/largen_samples
+    was made: the same images byte for byte, the same records (scores to float noise)."""
+    mine(compose_config("make_largen_data", ["experiment=demo", f"out={tmp_path / 'again'}"]))
+    shipped = sorted(p.relative_to(repo / "data" / "largen_samples")
+                     for p in (repo / "data" / "largen_samples").rglob("*") if p.is_file())
+    again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
+    assert again == shipped
+    for rel in shipped:
+        a, b = tmp_path / "again" / rel, repo / "data" / "largen_samples" / rel
+        if rel.suffix == ".png":
+            assert a.read_bytes() == b.read_bytes(), rel
+        else:
+            assert _rounded(_json_lines(a)) == _rounded(_json_lines(b)), rel
+
+
+def _json_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.suffix == ".jsonl" \
+        else json.loads(path.read_text())
+
+
+def _rounded(value):
+    """JSON with its floats rounded to 6 decimals (scores pass through float reductions)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return [_rounded(v) for v in value] if isinstance(value, list) else value
 
 
 def test_record_round_trip(tmp_path):

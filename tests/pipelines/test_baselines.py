@@ -26,6 +26,7 @@ def _mask() -> PIL.Image.Image:
 
 def _run(b: SDInpaintBaseline, **kw):
     kw.setdefault("output_type", "np")
+    kw.setdefault("paste_back", False)  # the sampled pixels, as the references give them
     return b(_image(), _mask(), num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kw).images
 
 
@@ -60,6 +61,13 @@ def test_same_call_signature_as_asuka(sd_text) -> None:
     empty = PIL.Image.new("L", (64, 64), 0)
     same = sd_text(_image(), empty, num_inference_steps=2).images[0]
     assert np.array_equal(np.asarray(same), np.asarray(_image()))
+    odd, odd_mask = _image().crop((0, 0, 61, 59)), _mask().crop((0, 0, 61, 59))
+    two = sd_text(odd, odd_mask, num_inference_steps=2, num_images_per_prompt=2, strength=0.5,
+                  generator=[torch.Generator().manual_seed(i) for i in (0, 1)]).images
+    assert [im.size for im in two] == [(61, 59)] * 2  # the caller's size, pasted back by default
+    known = np.asarray(odd_mask) < 128
+    assert all(np.array_equal(np.asarray(im)[known], np.asarray(odd)[known]) for im in two)
+    assert not np.array_equal(np.asarray(two[0]), np.asarray(two[1]))
 
 
 def test_load_from_local_folder(tmp_path) -> None:

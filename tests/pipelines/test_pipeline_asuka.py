@@ -60,6 +60,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 def _run(p, image, mask, seed: int = 0, **kw):
     kw.setdefault("output_type", "np")
+    kw.setdefault("paste_back", False)  # the sampled pixels, as the references give them
     return p(image, mask, num_inference_steps=STEPS, generator=_gen(seed), **kw).images
 
 
@@ -124,7 +125,8 @@ def test_equivalent_to_diffusers_inpaint_pipeline(pipe) -> None:
 
 def test_equivalent_for_a_batch_with_a_generator_list(pipe) -> None:
     images, masks = [_image(seed=1), _image(seed=2)], [_mask(), PIL.Image.fromarray(255 - np.asarray(_mask()))]
-    ours = pipe(images, masks, num_inference_steps=STEPS, generator=[_gen(1), _gen(2)], output_type="np").images
+    ours = pipe(images, masks, num_inference_steps=STEPS, generator=[_gen(1), _gen(2)], output_type="np",
+                paste_back=False).images
     ref = _diffusers_twin(pipe)(
         prompt_embeds=pipe.encode_prior(images, masks), image=images, mask_image=masks, height=64, width=64,
         guidance_scale=1.0, num_inference_steps=STEPS, generator=[_gen(1), _gen(2)], output_type="np",
@@ -221,16 +223,46 @@ def test_decoder_gets_latents_image_and_mask(pipe_with_decoder, monkeypatch) -> 
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def test_odd_sizes_round_down_like_diffusers(pipe) -> None:
+def test_odd_sizes_keep_the_callers_size(pipe) -> None:
+    """Sampled at the size rounded down to 8 (as diffusers), given back at the caller's: resized, and the known
+    pixels pasted back at that size."""
     image, mask = _image(70, 90), _mask(70, 90)
     out = pipe(image, mask, num_inference_steps=STEPS, generator=_gen()).images[0]
-    assert out.size == (88, 64)  # 90x70 rounded down to multiples of 8
-    assert pipe.preprocess(image, mask, height=60)[0].shape == (1, 3, 56, 88)  # explicit sizes round down too
+    assert out.size == (90, 70)
+    known = np.asarray(mask) == 0
+    assert np.array_equal(np.asarray(out)[known], np.asarray(image)[known])
+    assert pipe.preprocess(image, mask, height=60)[0].shape == (1, 3, 56, 88)  # explicit sizes round down
     ref = _diffusers_twin(pipe)(
         prompt_embeds=pipe.encode_prior(image, mask), image=image, mask_image=mask, height=64, width=88,
-        guidance_scale=1.0, num_inference_steps=STEPS, generator=_gen(), output_type="np",
-    ).images
-    assert np.abs(_run(pipe, image, mask) - ref).max() < 1e-4
+        guidance_scale=1.0, num_inference_steps=STEPS, generator=_gen(), output_type="pil",
+    ).images[0]
+    assert np.abs(_run(pipe, image, mask, height=64, width=88) - np.asarray(ref) / 255.0).max() < 5e-3
+    resized = np.asarray(ref.resize((90, 70), PIL.Image.BICUBIC)).astype(float)  # PIL's resize, not ours
+    hole = ~known
+    assert np.abs(np.asarray(out).astype(float)[hole] - resized[hole]).mean() < 3.0
+
+
+def test_num_images_per_prompt_and_strength_as_diffusers(pipe) -> None:
+    image, mask = _image(), _mask()
+    twin = _diffusers_twin(pipe)
+    embeds = pipe.encode_prior(image, mask)
+    for kw in ({"num_images_per_prompt": 2, "generator": [_gen(4), _gen(5)]}, {"strength": 0.5},
+               {"strength": 0.75, "num_images_per_prompt": 2}):
+        gen = kw.pop("generator", _gen(4))
+        ours = pipe(image, mask, num_inference_steps=4, generator=gen, output_type="np", paste_back=False,
+                    **kw).images
+        gen = [_gen(4), _gen(5)] if isinstance(gen, list) else _gen(4)
+        ref = twin(prompt_embeds=embeds, image=image, mask_image=mask, height=64, width=64, guidance_scale=1.0,
+                   num_inference_steps=4, generator=gen, output_type="np", **kw).images
+        assert ours.shape == ref.shape == (kw.get("num_images_per_prompt", 1), 64, 64, 3)
+        assert np.abs(ours - ref).max() < 1e-4, kw
+    copies = pipe(image, mask, num_inference_steps=2, generator=_gen(1), num_images_per_prompt=2,
+                  output_type="np").images
+    assert np.abs(copies[0] - copies[1]).max() > 0.05  # each copy has its own noise
+    with pytest.raises(AsukaError, match="strength"):
+        pipe(image, mask, num_inference_steps=4, strength=0.2)  # int(4 * 0.2) = 0 steps
+    with pytest.raises(AsukaError, match="a list of 1 generators for 2 images"):
+        pipe(image, mask, num_inference_steps=2, generator=[_gen()], num_images_per_prompt=2)
 
 
 def test_mask_of_another_size_is_resized_with_a_warning(pipe) -> None:
@@ -332,7 +364,7 @@ def test_user_mistakes(pipe, cfg) -> None:
         pipe([_image(), _image()], [_mask()] * 3, num_inference_steps=STEPS)
     with pytest.raises(AsukaError, match="image is too small: 6x6 "):
         pipe(_image(6, 6), _mask(6, 6), num_inference_steps=STEPS)
-    assert pipe(_image(21, 13), _mask(21, 13), num_inference_steps=STEPS).images[0].size == (8, 16)  # as diffusers
+    assert pipe(_image(21, 13), _mask(21, 13), num_inference_steps=STEPS).images[0].size == (13, 21)  # sampled 8x16
     paper = compose_config("inpaint", [])
     with pytest.raises(ConfigError, match="paths.mae"):
         build_pipeline(paper)

@@ -62,7 +62,7 @@ def test_equals_diffusers_flux_fill_with_the_aligned_prior(pipe):
     txt, vec = pipe.encode_conditions(init, m, condition_weight=1.0)
     latents = flux.pack(torch.randn(1, 16, 8, 8, generator=_gen(3)))
     ours = pipe(image, mask, num_inference_steps=STEPS, condition_weight=1.0, latents=latents, generator=_gen(5),
-                output_type="np").images
+                output_type="np", paste_back=False).images
     ref = FluxFillPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=None, tokenizer=None,
                            text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer)
     ref.set_progress_bar_config(disable=True)
@@ -149,13 +149,36 @@ def test_round_trip(pipe, tmp_path):
     assert (half.transformer.dtype, half.vae.dtype, half.mae.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32)
 
 
+def test_num_images_per_prompt_and_strength_as_diffusers_flux_fill(pipe):
+    """strength < 1 draws as diffusers' FluxFillPipeline (the input's latents, the noise, the masked image's); at
+    strength 1 it skips the input's encoding, as the released loop does, so only strength < 1 is compared."""
+    image, mask = _image(), _mask()
+    init, m = pipe.preprocess(image, mask)
+    txt, vec = pipe.encode_conditions(init, m, condition_weight=1.0)
+    ref = FluxFillPipeline(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=None, tokenizer=None,
+                           text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer)
+    ref.set_progress_bar_config(disable=True)
+    for kw in ({"strength": 0.6}, {"strength": 0.5, "num_images_per_prompt": 2}):
+        ours = pipe(image, mask, num_inference_steps=4, condition_weight=1.0, generator=_gen(7), output_type="np",
+                    paste_back=False, **kw).images
+        theirs = ref(image=image, mask_image=mask, prompt_embeds=txt, pooled_prompt_embeds=vec, height=64, width=64,
+                     num_inference_steps=4, guidance_scale=30.0, generator=_gen(7), output_type="np", **kw).images
+        assert ours.shape == theirs.shape == (kw.get("num_images_per_prompt", 1), 64, 64, 3)
+        assert np.abs(ours - theirs).max() < 1e-4, kw
+    copies = pipe(image, mask, num_inference_steps=1, generator=_gen(1), num_images_per_prompt=2,
+                  output_type="np").images
+    assert copies.shape == (2, 64, 64, 3) and np.abs(copies[0] - copies[1]).max() > 0.05  # each its own noise
+
+
 def test_input_handling(pipe):
     out = pipe(_image(70, 50), _mask(70, 50), num_inference_steps=1, generator=_gen(), output_type="np").images
-    assert out.shape == (1, 64, 48, 3)  # rounded down to multiples of 16
+    assert out.shape == (1, 70, 50, 3)  # sampled at 64x48 (multiples of 16), given back at the caller's size
+    known = np.asarray(_mask(70, 50)) == 0
+    np.testing.assert_allclose(out[0][known], (np.asarray(_image(70, 50)) / 255.0)[known], atol=1e-6)  # pasted
     image = _image()
     same = pipe(image, PIL.Image.new("L", (64, 64)), num_inference_steps=1, output_type="np").images
     np.testing.assert_allclose(same[0], np.asarray(image) / 255.0, atol=1e-6)  # empty mask: the input
-    pasted = pipe(image, _mask(), num_inference_steps=1, generator=_gen(), output_type="np", paste_back=True).images
+    pasted = pipe(image, _mask(), num_inference_steps=1, generator=_gen(), output_type="np").images  # the default
     known = np.asarray(_mask()) == 0
     np.testing.assert_allclose(pasted[0][known], (np.asarray(image) / 255.0)[known], atol=1e-6)
     with pytest.raises(AsukaError, match="too small"):

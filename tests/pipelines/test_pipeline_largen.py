@@ -14,6 +14,7 @@ from conftest import compose_config  # noqa: E402
 
 from asuka.models.largen.crop import mask_box  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
+from asuka.pipelines.loading import load_pipeline  # noqa: E402
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
 from asuka.utils.errors import AsukaError  # noqa: E402
 
@@ -60,6 +61,17 @@ def test_text_subject_and_both_inpaint_only_the_hole(pipe, mode):
         assert np.abs(out[30:36, 70:78] - scene[30:36, 70:78]).mean() > 0.02  # the notch was regenerated
     assert np.abs(out[~mask] - scene[~mask]).max() < 1 / 255 + 1e-6  # known pixels pasted back exactly
     assert np.abs(out[mask] - scene[mask]).mean() > 0.02  # the hole was filled with something else
+
+
+def test_odd_sizes_keep_the_callers_size(pipe):
+    scene, mask = scene_and_mask()
+    odd, odd_mask = scene.crop((0, 0, scene.width - 3, scene.height - 5)), mask.crop((0, 0, scene.width - 3,
+                                                                                     scene.height - 5))
+    out = pipe(odd, odd_mask, prompt="a red ball", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np").images[0]
+    assert out.shape[:2] == (odd.height, odd.width)
+    known = np.asarray(odd_mask) < 128
+    assert np.abs(out[known] - np.asarray(odd)[known] / 255).max() < 1e-6
 
 
 def test_prompt_and_subject_change_the_result(pipe):
@@ -172,6 +184,13 @@ def test_asuka_decoder_as_the_decoder(tmp_path):
     assert np.abs(plain[mask] - decoded[mask]).max() > 1e-3  # another decoder decoded the latents
     with_decoder.save_pretrained(tmp_path / "p")
     assert type(load_largen_pipeline(tmp_path / "p").decoder).__name__ == "AsukaDecoder"
+    with pytest.raises(AsukaError, match=r"a LAR-Gen pipeline \(model_index.json: LarGenInpaintPipeline\); run it "
+                                         r"with method=largen"):
+        load_pipeline(tmp_path / "p")  # what inpaint.py / eval.py call without method=largen
+    (tmp_path / "asuka").mkdir()
+    (tmp_path / "asuka" / "model_index.json").write_text('{"_class_name": "AsukaInpaintPipeline"}')
+    with pytest.raises(AsukaError, match="not a LAR-Gen pipeline .*AsukaInpaintPipeline.*without method=largen"):
+        load_largen_pipeline(tmp_path / "asuka")
 
 
 def test_export_and_inpaint_scripts(tmp_path):
@@ -184,7 +203,7 @@ def test_export_and_inpaint_scripts(tmp_path):
     export = [sys.executable, str(REPO / "scripts/export_pipeline.py"), "experiment=demo", "method=largen",
               f"out={tmp_path / 'pipe'}", f"hydra.run.dir={tmp_path / 'h1'}"]
     inpaint = [sys.executable, str(REPO / "scripts/inpaint.py"), "experiment=demo", "method=largen",
-               f"largen.pipeline={tmp_path / 'pipe'}", f"image={shard / '0000000.png'}",
+               f"pipeline={tmp_path / 'pipe'}", f"image={shard / '0000000.png'}",
                f"mask={shard / '0000000_00_mask.png'}", f"subject={shard / '0000001_00_subject.png'}",
                f"subject_mask={shard / '0000001_00_subject_mask.png'}", "prompt=a blue box", "steps=2",
                f"out={tmp_path / 'out.png'}", f"hydra.run.dir={tmp_path / 'h2'}"]

@@ -22,7 +22,7 @@ SCRIPTS = ["train_mae", "train_align", "train_decoder", "train_largen", "eval", 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_shipped_config_passes(name: str) -> None:
     validate_config(compose_config(name))
-    if name not in ("make_largen_data", "make_masks", "benchmark", "convert_asuka", "convert_mae", "gpu_figures",
+    if name not in ("make_masks", "benchmark", "convert_asuka", "convert_mae", "gpu_figures",
                     "gpu_kit"):
         validate_config(compose_config(name, ["experiment=demo"]))
 

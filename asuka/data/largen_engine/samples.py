@@ -1,13 +1,13 @@
-"""The shipped quadruplets in data/largen_samples: procedural scenes (``asuka.data.procedural``) with a few objects of
-known flat colours, mined by the engine with the deterministic colour-key stand-in stages.
+"""The scenes of the shipped quadruplets: procedural landscapes (``asuka.data.procedural``) with a few objects of
+known flat colours (data/largen_scenes), which the engine's deterministic colour-key stand-in stages mine into
+data/largen_samples (``scripts/make_largen_data.py experiment=demo``).
 
-Regenerate with ``python -m asuka.data.largen_engine.samples --out data/largen_samples``.
+Regenerate the scenes with ``python -m asuka.data.largen_engine.samples --out data/largen_scenes``.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,29 +73,15 @@ def write_sample_scenes(out: str | os.PathLike, n: int = 4, seed: int = 0, size:
     return paths
 
 
-def make_samples(out: str | os.PathLike, n: int = 4, seed: int = 0, size: int = 128, shard_size: int = 2) -> dict:
-    """Generate the scenes in a temporary folder and mine them into the manifest ``out``; returns the summary."""
-    from asuka.data.largen_engine.run import mine
-    from asuka.utils.compose import compose_config
-
-    with tempfile.TemporaryDirectory() as scenes:
-        write_sample_scenes(scenes, n, seed, size)
-        cfg = compose_config("make_largen_data", [
-            f"paths.images={scenes}", f"out={out}", "largen_stages=colour_key", "cpu=true", f"shard_size={shard_size}",
-            "num_workers=0", "filters.tags.min_score=0.5", "filters.masks.min_score=0.5"])
-        return mine(cfg)
-
-
 def main(argv: list[str] | None = None) -> None:
-    from asuka.data.largen_engine.run import report
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/largen_samples")
+    parser.add_argument("--out", default="data/largen_scenes")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args(argv)
-    print(report(make_samples(args.out, args.n, args.seed, args.size)))
+    for path in write_sample_scenes(args.out, args.n, args.seed, args.size):
+        print(path)
 
 
 if __name__ == "__main__":
