@@ -28,8 +28,7 @@ from asuka.training.ema import EMA
 from asuka.training.modules import unwrap
 from asuka.training.optim import build_optimizer, build_scheduler, param_groups, resolve_lr
 from asuka.training.reporting import init_trackers, log_image, make_grid
-from asuka.training.run_dir import RunFolder
-from asuka.training.run_dir.checkpoint import TrainingParts
+from asuka.training.run_dir import RunFolder, TrainingParts
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
 from asuka.training.validate import check_tracker_login, validate_training_config
