@@ -115,3 +115,32 @@ def test_inpaint_script_on_sdxl_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == (96, 128, 3) and np.array_equal(out[~mask], np.asarray(scene())[~mask])
+
+
+def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
+    """Released (largen_ui.py): the white-padded subject square goes straight from its own resolution to the CLIP
+    size (antialiased bilinear: at 2x the [1, 3, 3, 1] / 8 filter, computed here), not via the working size."""
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    pixels = np.random.default_rng(1).integers(0, 255, (70, 70, 3), dtype=np.uint8)
+    mask = np.zeros((70, 70), bool)
+    mask[3:67, 2:66] = True  # released crop [3:66) x [2:65): 63 x 63 -> a 64 square (int(63 * 1.02))
+    square = np.full((64, 64, 3), 255, np.uint8)
+    square[:63, :63] = pixels[3:66, 2:65]
+    size = pipe.image_encoder.config.image_size
+    assert size == 32
+    seen = []
+    handle = pipe.image_encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"]),
+                                                          with_kwargs=True)
+    try:
+        pipe(scene(), Image.fromarray(hole("subject").astype(np.uint8) * 255), subject_image=Image.fromarray(pixels),
+             subject_mask=Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=1,
+             generator=torch.Generator().manual_seed(0), output_type="np")
+    finally:
+        handle.remove()
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+    x = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255
+    down = torch.nn.functional.conv2d(x, (k[:, None] * k[None, :]).expand(3, 1, 4, 4), stride=2, padding=1, groups=3)
+    expected = (down - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    assert seen[0].shape == (2, 3, size, size) and not seen[0][0].any()  # uncond branch: zeroed pixels
+    torch.testing.assert_close(seen[0][1:, :, 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
