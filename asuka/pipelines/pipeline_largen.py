@@ -1,13 +1,14 @@
 """LAR-Gen inpainting: a scene, a mask, and a text prompt, a subject image, or both (Locate, Assign, Refine).
 
 Released defaults (scepter ``largen_inference.py``, ``diffusion.py``, ``solvers.py``, ``largen_ui.py``): DDIM with
-trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text and
-image). The unconditional branch has the empty prompt and zeroed CLIP pixels for Assign, but keeps the subject's CLIP
-details and latent for the RefineNet reference. Before every model call the known region is the source latent noised
-to that step with fresh noise (the subject latent likewise, per step and per branch); the mask reaches the latent grid
-by an antialiased resize thresholded at 0.5. The scene is cropped square around the mask (1.3x its box), inpainted at
-the UNet's size and pasted back; the subject is put on white, cropped to its mask and padded square, and CLIP
-reads it resized from its own resolution (bilinear, antialiased) to 224.
+trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text
+and image). The unconditional branch has the empty prompt (encoded, on SDXL too: scepter's conditioner does not zero
+it) and zeroed CLIP pixels for Assign, but keeps the subject's CLIP details and latent for the RefineNet reference.
+Before every model call the known region is the source latent noised to that step with fresh noise (the subject
+latent likewise, per step and per branch); the mask reaches the latent grid by an antialiased resize thresholded at
+0.5. The scene is cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the
+subject is put on white, cropped to its mask and padded square, and CLIP reads it resized from its own resolution
+(bilinear, antialiased) to 224.
 An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
 """
 from __future__ import annotations

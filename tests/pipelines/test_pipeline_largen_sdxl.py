@@ -14,6 +14,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import REPO, compose_config  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from largen_helpers import halved_clip_input  # noqa: E402
+
 from asuka.pipelines.baselines import tiny_token_ids  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
@@ -120,8 +123,6 @@ def test_inpaint_script_on_sdxl_tiny(tmp_path):
 def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
     """Released (largen_ui.py): the white-padded subject square goes straight from its own resolution to the CLIP
     size (antialiased bilinear: at 2x the [1, 3, 3, 1] / 8 filter, computed here), not via the working size."""
-    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
     pixels = np.random.default_rng(1).integers(0, 255, (70, 70, 3), dtype=np.uint8)
     mask = np.zeros((70, 70), bool)
     mask[3:67, 2:66] = True  # released crop [3:66) x [2:65): 63 x 63 -> a 64 square (int(63 * 1.02))
@@ -138,9 +139,6 @@ def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
              generator=torch.Generator().manual_seed(0), output_type="np")
     finally:
         handle.remove()
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
-    x = torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255
-    down = torch.nn.functional.conv2d(x, (k[:, None] * k[None, :]).expand(3, 1, 4, 4), stride=2, padding=1, groups=3)
-    expected = (down - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    expected = halved_clip_input(torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255)
     assert seen[0].shape == (2, 3, size, size) and not seen[0][0].any()  # uncond branch: zeroed pixels
     torch.testing.assert_close(seen[0][1:, :, 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
