@@ -160,7 +160,9 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         (what background metrics should see).
         """
         inputs = prepare_inputs(image, mask_image, self.image_processor, self.mask_processor)
-        scene, mask = inputs.image, inputs.mask
+        # released: the zoom-in crop is cut from the image at its own size (it is resized to the working size anyway),
+        # not from the image rounded to the VAE factor
+        scene, mask = inputs.output_image, inputs.output_mask
         if scene.shape[0] != 1:
             raise AsukaError("LarGenInpaintPipeline inpaints one image per call")
         if not prompt and subject_image is None:
@@ -168,7 +170,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         size = int(size or self.default_size)
         box = mask_box(mask[0, 0].numpy() > 0.5)
         if box is None:  # nothing to fill
-            images = self.image_processor.postprocess(inputs.output_image, output_type=output_type)
+            images = self.image_processor.postprocess(scene, output_type=output_type)
             return ImagePipelineOutput(images=images) if return_dict else (images,)
         height, width = scene.shape[-2:]
         x0, y0, x1, y1 = released_crop_box(mask[0, 0].numpy() > 0.5) if crop else (0, 0, width, height)
@@ -191,7 +193,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             patch = patch * keep + part[..., py0:py1, px0:px1] * (1 - keep)
         out = scene.clone()
         out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
-        images = self.image_processor.postprocess(inputs.restore(out, paste_back), output_type=output_type)
+        images = self.image_processor.postprocess(out, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     def sample(

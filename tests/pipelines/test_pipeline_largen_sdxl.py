@@ -142,3 +142,28 @@ def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
     expected = halved_clip_input(torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255)
     assert seen[0].shape == (2, 3, size, size) and not seen[0][0].any()  # uncond branch: zeroed pixels
     torch.testing.assert_close(seen[0][1:, :, 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+
+
+def test_zoom_in_crop_is_cut_at_the_callers_size(pipe, monkeypatch):
+    """Released: the crop comes from the image as given, even when its size is not a multiple of 8 (100 x 150 here);
+    box by hand from the released rules: rows 40..59 x cols 60..79 -> 1.3x about (49.5, 69.5) -> [36:62, 56:82]."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    mask = np.zeros((100, 150), np.uint8)
+    mask[40:60, 60:80] = 255
+    seen = {}
+    result = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def sample(image, m, *args):
+        seen["image"] = image
+        return result
+
+    monkeypatch.setattr(pipe, "sample", sample)
+    out = pipe(Image.fromarray(pixels), Image.fromarray(mask), prompt="a ball", output_type="np").images[0]
+    crop = torch.from_numpy(pixels[36:62, 56:82]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    expected = torch.nn.functional.interpolate(crop, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen["image"], expected)
+    assert out.shape == (100, 150, 3)
+    outside = np.ones((100, 150), bool)
+    outside[36:62, 56:82] = False
+    np.testing.assert_allclose(out[outside], pixels[outside] / 255, atol=1e-6)  # untouched outside the crop
