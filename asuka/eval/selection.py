@@ -1,5 +1,6 @@
-"""Which metrics an evaluation computes (``metrics.include``): by default the table of the method's family, so the
-paper's SD-1.5 table needs no CLIP weights and the ASUKA-FLUX table adds Grad and CLIP."""
+"""What an evaluation's config selects, read in one place by generation, scoring and the checks: which metrics it
+computes (``metrics.include``: by default the table of the method's family, so the paper's SD-1.5 table needs no CLIP
+weights and the ASUKA-FLUX table adds Grad and CLIP) and which recipe (``recipe``)."""
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,3 +23,8 @@ def included_metrics(cfg: DictConfig) -> tuple[str, ...]:
     if unknown or not chosen:
         raise ConfigError("metrics.include", f"{', '.join(unknown) or 'empty'}: choose from {', '.join(METRICS)}")
     return tuple(m for m in METRICS if m in chosen)
+
+
+def official_recipe(cfg: DictConfig) -> bool:
+    """``recipe=official``: grey masks kept, Grad and the CLIP hole as the released scripts (ASUKA-FLUX only)."""
+    return str(cfg.get("recipe") or "ours") == "official"

@@ -3,147 +3,27 @@
 Spec section 1. Images come in as ``[B, 3, H, W]`` in [-1, 1] and masks as ``[B, 1, H, W]`` with 1 = hole; the model
 converts to ImageNet normalisation itself. Parameter names follow the released MAE / MAE-FAR layout
 (``blocks.N.attn.qkv.weight``, ``blocks.N.norm1``, ``blocks.N.mlp.fc1``, ``decoder_blocks.N...``, ``decoder_pred``),
-so released weights load by name (see :mod:`asuka.models.mae_import`).
+so released weights load by name (see :mod:`asuka.models.mae_import`). The ViT parts are in
+:mod:`asuka.models.mae_blocks`, the resizing of inputs to ``img_size`` in :mod:`asuka.models.mae_preprocess`; this
+module keeps the model (the class name and module path that saved ``config.json`` / ``model_index.json`` record).
 """
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from asuka.models.mae_blocks import Block, PatchEmbed, sincos_pos_embed_2d
+from asuka.models.mae_preprocess import PREPROCESS, to_model_size
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: How inputs reach ``img_size``: ``official`` = the released ASUKA loader (``datas/misato_dataset.py``), what the
-#: released MAE was used with; ``ours`` = antialiased bilinear image, binarised mask, holes never shrink.
-PREPROCESS = ("official", "ours")
-
-
-def _area_weights(n: int, m: int) -> torch.Tensor:
-    """``[m, n]`` weights of cv2 ``INTER_AREA`` shrinking an axis of ``n`` pixels to ``m``: each output pixel is the
-    mean of the source interval ``[i n/m, (i+1) n/m)``, partial pixels weighted by their overlap."""
-    scale = n / m
-    start = torch.arange(m, dtype=torch.float64)[:, None] * scale
-    src = torch.arange(n, dtype=torch.float64)[None]
-    return (torch.minimum(start + scale, src + 1) - torch.maximum(start, src)).clamp(min=0) / scale
-
-
-def cv2_area_resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``cv2.resize(uint8 image, (size, size), interpolation=INTER_AREA)`` in torch: ``image [B, C, H, W]`` in
-    [0, 255] -> ``[B, C, size, size]`` on the 8-bit grid (cv2 resizes uint8 images to uint8).
-
-    Shrinking (both sides >= size) is exact area averaging with cv2's rounding (half up for its 2x2 fast path, half
-    to even otherwise), on any device. Growing calls cv2 itself (on the CPU): its 8-bit ``INTER_AREA`` zoom rounds in
-    two fixed-point steps that a float emulation misses by one level on some pixels (6,008 of 196,608 at 96x80).
-    """
-    h, w = image.shape[-2:]
-    x = image.double()
-    if h >= size and w >= size:
-        fy, fx = h / size, w / size
-        if fy == int(fy) and fx == int(fx):  # cv2's integer-factor fast path
-            total = x.reshape(*x.shape[:-2], size, int(fy), size, int(fx)).sum(dim=(-3, -1))
-            if fy == fx == 2:
-                out = torch.floor((total + 2) / 4)
-            else:
-                out = torch.round(total.float() * torch.tensor(1 / (fy * fx), dtype=torch.float32)).double()
-        else:
-            out = torch.round(_area_weights(h, size).to(x.device) @ x @ _area_weights(w, size).to(x.device).T)
-    else:
-        import cv2
-
-        u8 = image.detach().round().clamp(0, 255).to("cpu", torch.uint8).reshape(-1, h, w).numpy()
-        out = torch.from_numpy(np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in u8]))
-        out = out.reshape(*image.shape[:-2], size, size).to(image.device, torch.float64)
-    return out.clamp(0, 255).to(image.dtype)
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens ``[B, L, dim]`` (timm's ``PatchEmbed`` layout: ``proj`` conv)."""
-
-    def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Mlp(nn.Module):
-    """``fc2(gelu(fc1(x)))`` (timm's ``Mlp`` layout)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding ``[grid*grid, dim]`` in the MAE convention.
-
-    Tokens are row-major. The first half of the channels encodes the column index, the second half the row index;
-    each half is ``[sin(pos*omega), cos(pos*omega)]`` with ``omega_k = 10000^(-k/(dim/4))``. Matching the released
-    convention matters because released checkpoints were trained with exactly these values.
-    """
-    if dim % 4 != 0:
-        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    rows, cols = torch.meshgrid(
-        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
-    )
-
-    def encode(pos: torch.Tensor) -> torch.Tensor:
-        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(cols), encode(rows)], dim=1).float()
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention whose keys can be masked out (logit -inf), in the released parameter layout."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``key_mask`` [B, L] bool, True = the key is masked (no query may attend to it)."""
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn_mask = None
-        if key_mask is not None:
-            # SDPA boolean masks mean "may attend"; [B, 1, 1, L] broadcasts over heads and queries.
-            attn_mask = (~key_mask)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block (``norm1``, ``attn``, ``norm2``, ``mlp``) that passes a key mask to attention."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
 
 
 class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
@@ -242,29 +122,10 @@ class MaskedAutoencoderViT(ModelMixin, ConfigMixin):
             )
 
     def _to_model_size(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and mask at ``img_size``, by the rule ``config.preprocess`` names.
-
-        ``ours``: the mask is binarised (> 0.5 is hole); the image is resized bilinearly with antialiasing and the
-        mask so that a pixel is a hole when ANY hole pixel falls in its area (area interpolation > 0), so holes never
-        shrink and no hole pixel leaks into the "known" input of the MAE.
-        ``official``: the released loader (``prepare_data``): the image by cv2 ``INTER_AREA`` on the 8-bit grid
-        (:func:`cv2_area_resize`), the mask by nearest neighbour (cv2 ``INTER_NEAREST`` = torch ``nearest``) and
-        NOT binarised: soft values stay (a pixel with mask < 0.5 is known, any value > 0 makes its patch a hole token).
-        """
+        """Image and mask at ``img_size``, by the rule ``config.preprocess`` names
+        (:func:`asuka.models.mae_preprocess.to_model_size`)."""
         self._check_inputs(image, mask)
-        s = self.config.img_size
-        if self.config.get("preprocess", "ours") == "official":
-            mask = mask.float()
-            if image.shape[-2:] != (s, s):
-                pixels = torch.round((image.float() + 1.0) * 127.5)  # [-1, 1] -> the uint8 image cv2 sees
-                image = cv2_area_resize(pixels, s) / 127.5 - 1.0
-                mask = F.interpolate(mask, size=(s, s), mode="nearest")
-            return image, mask
-        mask = (mask > 0.5).float()
-        if image.shape[-2:] != (s, s):
-            image = F.interpolate(image.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-            mask = (F.adaptive_avg_pool2d(mask, (s, s)) > 0).float()
-        return image, mask
+        return to_model_size(image, mask, self.config.img_size, self.config.get("preprocess", "ours"))
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> ImageNet normalisation (the statistics the released MAEs were trained with)."""

@@ -12,9 +12,9 @@ Yikai-Wang/asuka-misato ``asuka-flux/MAE/models_mae.py``; all are ``{"model": st
 Position embeddings are fixed sin-cos values: when a released grid differs from the model's (224 vs 256 px) they are
 recomputed for the model's grid.
 
-Preprocessing (``model.mae.preprocess``, see :data:`asuka.models.mae.PREPROCESS`): a released MAE-FAR / ASUKA file
-gets ``official`` (the loader it was used with) unless the config names one; our folders keep what they were saved
-with unless the config names one.
+Preprocessing (``model.mae.preprocess``, see :data:`asuka.models.mae_preprocess.PREPROCESS`): a released MAE-FAR /
+ASUKA file gets ``official`` (the loader it was used with) unless the config names one; our folders keep what they
+were saved with unless the config names one.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
-from asuka.models.mae import PREPROCESS, MaskedAutoencoderViT
+from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.mae_preprocess import PREPROCESS
 from asuka.utils.errors import AsukaError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -70,6 +70,16 @@ def prompt_conditions(
     return tokens, {"text_embeds": pooled, "time_ids": ids}
 
 
+def refine_conditions(parts: Any, batch: int, pixel_size: Sequence[int]) -> dict[str, torch.Tensor] | None:
+    """The RefineNet's ``added_cond_kwargs`` on SDXL: the empty prompt's pooled vector and the size ids of the main
+    UNet (released ``LargenUNetXL`` replaces the pooled part of the main UNet's vector with ``null_y``; the release
+    does not show what builds ``null_y``, the empty prompt's is our choice, as the unconditional branch's); None on
+    SD-1.5, whose UNet takes no added conditions."""
+    if getattr(parts, "text_encoder_2", None) is None:
+        return None
+    return prompt_conditions(parts, [""] * batch, pixel_size)[1]
+
+
 def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
     if mask is None:
         return None
@@ -240,6 +250,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             at_size = F.interpolate(subject.float(), size=image.shape[-2:], mode="bilinear", antialias=True,
                                     align_corners=False) if subject.shape[-2:] != image.shape[-2:] else subject
             subject_latents = encode_latents(self.vae, at_size.to(device), generator=generator).to(dtype)
+            refine_added = refine_conditions(self, repeat, image.shape[-2:])
         conditions = [c.to(dtype).repeat(repeat, 1, 1, 1) for c in (mask_latent, masked_latents)]
         timesteps = self.scheduler.timesteps
         step_kwargs = AsukaInpaintPipeline._step_kwargs(self, generator, eta)
@@ -256,7 +267,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
                                              dtype=dtype)
                 noisy_subject = self.scheduler.add_noise(subject_latents.repeat(repeat, 1, 1, 1), subject_noise,
                                                          t.reshape(1))
-                bank = refine(noisy_subject, t, clip_last)
+                bank = refine(noisy_subject, t, clip_last, refine_added)
             eps = self.net(unet_input(model_in, *conditions), t, text, image_embeds, image_scale, bank, None, added)
             if do_cfg:
                 uncond, cond = eps.chunk(2)

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from asuka.data.images import load_mask
-from asuka.eval.run import item_key, load_items, match_predictions
+from asuka.eval.items import item_key, load_items, match_predictions
 from asuka.utils.errors import ConfigError, DataError
 
 # Per-image columns of per_image.csv that hold a metric (the others: name, domain, hole_fraction, area_bin, prediction).

@@ -1,8 +1,10 @@
 """LAR-Gen training on the one engine: stage A (``largen.stage=assign``) trains the whole 9-channel UNet and the
 Assign adapter; stage B (``largen.stage=refine``) trains the RefineNet and its detail encoder with stage A frozen.
 
-Both use SD's epsilon objective on quadruplets (asuka.training.largen_data). A dropped subject means zeroed CLIP
-pixels (and no reference), a dropped prompt the empty one: the unconditional branch of the pipeline's guidance.
+Both run on SD-1.5 and on SDXL (``model=sdxl|sdxl_tiny``; on SDXL stage A may start from the converted release, and
+stage B trains the only SDXL RefineNet there is: none was released). Both use SD's epsilon objective on quadruplets
+(asuka.training.largen_data). A dropped subject means zeroed CLIP pixels (and no reference), a dropped prompt the
+empty one: the unconditional branch of the pipeline's guidance.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from asuka.data.images import pil_to_tensor
-from asuka.models.backbones import backbone_for, is_tiny
+from asuka.models.backbones import is_tiny
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states
 from asuka.models.largen.net import LarGenNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input
 from asuka.pipelines.largen_build import build_assign, build_refine, inference_scheduler, load_parts
-from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline, prompt_conditions
+from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline, prompt_conditions, refine_conditions
 from asuka.training.engine import fit
 from asuka.training.largen_data import build_quadruplet_dataset
 from asuka.training.modules import unwrap
@@ -150,9 +152,6 @@ class RefineStage(LarGenStage):
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
         super().check_config(cfg)
-        if backbone_for(cfg.model).name == "sdxl":  # RefineNet.from_unet knows no text_time conditions
-            raise ConfigError("largen.stage", "stage B (RefineNet) is SD-1.5 only: the released SDXL model has none "
-                              "(USE_REFINE False)")
         for key in ("unet", "assign"):
             if is_given(cfg.largen.get(key)):
                 continue
@@ -183,8 +182,10 @@ class RefineStage(LarGenStage):
         noise, t, noisy = self._noised(x["latents"])
         with torch.no_grad():
             subject_latents = encode_latents(self.sd.vae, batch["subject"])
+            added = refine_conditions(self.parts, subject_latents.shape[0], batch["image"].shape[-2:])
         subject_noise = torch.randn(subject_latents.shape, device=subject_latents.device, dtype=subject_latents.dtype)
-        bank = self.trainable["refine"](self.sd.scheduler.add_noise(subject_latents, subject_noise, t), t, x["last"])
+        bank = self.trainable["refine"](self.sd.scheduler.add_noise(subject_latents, subject_noise, t), t, x["last"],
+                                        added)
         eps = self.net(unet_input(noisy, x["mask_latent"], x["masked"]), t, x["text"], x["penultimate"],
                        reference_bank=bank, reference_keep=x["keep"], added_cond_kwargs=x["added"])
         loss = F.mse_loss(eps.float(), noise.float())

@@ -112,7 +112,9 @@ def test_eval_writes_grad_and_clip(tmp_path):
 
     from asuka.data.datasets import EvalDataset
     from asuka.data.images import load_image, pil_to_tensor
-    from asuka.eval.run import composite, evaluate, load_items, to_uint8
+    from asuka.eval.items import load_items
+    from asuka.eval.run import evaluate
+    from asuka.eval.scoring import composite, to_uint8
 
     cfg = compose_config("eval", ["experiment=demo", "method=asuka_flux", "metrics.cache_dir=null",
                                   "num_inference_steps=1", "resolution=32"])

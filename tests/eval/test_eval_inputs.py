@@ -11,6 +11,7 @@ from PIL import Image
 
 from asuka.data.images import image_size
 from asuka.eval import features as F
+from asuka.eval import generate as gen_mod
 from asuka.eval import run as run_mod
 from asuka.utils.errors import DataError
 from conftest import REPO
@@ -43,7 +44,7 @@ def test_late_bad_predictions_are_all_named_before_scoring(tmp_path, no_scoring)
 
 def test_zero_one_and_empty_masks_are_named_before_generation(tmp_path, monkeypatch):
     """A 0/1-valued PNG used to read as "no hole" (thresholded at 128): PSNR 70 and LPIPS 0 averaged in."""
-    monkeypatch.setattr(run_mod, "_build_generator_pipeline", lambda *a: pytest.fail("generation started"))
+    monkeypatch.setattr(gen_mod, "_build_generator_pipeline", lambda *a: pytest.fail("generation started"))
     dirs = _make_folder(tmp_path / "data", n=4)
     zero_one = (np.asarray(Image.open(dirs["masks"] / "img01.png")) > 0).astype(np.uint8)  # values 0 and 1
     Image.fromarray(zero_one).save(dirs["masks"] / "img01.png")

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from asuka.eval import features as F
-from asuka.eval.run import composite, evaluate, match_predictions, to_uint8
+from asuka.eval.items import match_predictions
+from asuka.eval.run import evaluate
+from asuka.eval.scoring import composite, to_uint8
 from asuka.utils.errors import DataError
 from conftest import compose_config
 
@@ -177,20 +179,21 @@ def test_eval_config_composes_for_every_dataset_and_method():
 @pytest.mark.slow
 def test_generation_is_resumable_and_seeded_per_image(tmp_path, monkeypatch):
     """method=sd with tiny random SD: every image written once; a deleted one comes back the same."""
-    from asuka.eval import run as run_mod
+    from asuka.eval import generate as gen_mod
+    from asuka.eval.items import load_items
 
     dirs = _make_folder(tmp_path / "data", n=3)
     cfg = _cfg(dirs, tmp_path, "model=tiny", "method=sd", "num_inference_steps=2", "batch_size=2")
-    items = run_mod.load_items(cfg)
+    items = load_items(cfg)
     out = tmp_path / "preds"
-    run_mod.generate_predictions(cfg, items, out)
+    gen_mod.generate_predictions(cfg, items, out)
     written = sorted(p.name for p in out.iterdir())
     assert written == ["img00.png", "img01.png", "img02.png"]
     before = np.asarray(Image.open(out / "img01.png"), dtype=np.int16)
     assert before.shape == (SIZE, SIZE, 3)
 
     calls = []
-    build = run_mod._build_generator_pipeline
+    build = gen_mod._build_generator_pipeline
 
     def counting_build(cfg_, device):
         pipe = build(cfg_, device)
@@ -200,14 +203,14 @@ def test_generation_is_resumable_and_seeded_per_image(tmp_path, monkeypatch):
             return pipe(**kwargs)
         return call
 
-    monkeypatch.setattr(run_mod, "_build_generator_pipeline", counting_build)
+    monkeypatch.setattr(gen_mod, "_build_generator_pipeline", counting_build)
     (out / "img01.png").unlink()
-    run_mod.generate_predictions(cfg, items, out)
+    gen_mod.generate_predictions(cfg, items, out)
     assert calls == [1]                          # only the missing image is generated again
     after = np.asarray(Image.open(out / "img01.png"), dtype=np.int16)
     assert np.abs(after - before).max() <= 2     # seed + index, whatever the batch it falls in
     calls.clear()
-    run_mod.generate_predictions(cfg, items, out)
+    gen_mod.generate_predictions(cfg, items, out)
     assert calls == []
 
 
@@ -239,7 +242,7 @@ def test_generation_never_writes_outside_the_predictions_folder(tmp_path, name):
     from omegaconf import OmegaConf
 
     from asuka.data.sources import ImageItem
-    from asuka.eval.run import generate_predictions
+    from asuka.eval.generate import generate_predictions
 
     cfg = OmegaConf.create({"trainer": {"cpu": True}, "resolution": 8, "method": {"name": "sd"}})
     out = tmp_path / "run" / "predictions"
@@ -251,26 +254,27 @@ def test_generation_never_writes_outside_the_predictions_folder(tmp_path, name):
 def test_predictions_made_with_other_settings_are_never_reused(tmp_path, monkeypatch):
     """Two eval.py runs in one folder: method=sd after method=asuka (or other steps) is refused in one line,
     overwrite=true generates again; the same settings reuse what is there."""
-    from asuka.eval import run as run_mod
+    from asuka.eval import generate as gen_mod
+    from asuka.eval.items import load_items
     from asuka.utils.errors import ConfigError
 
     dirs = _make_folder(tmp_path / "data", n=2)
     asuka_cfg = _cfg(dirs, tmp_path, "model=tiny", "method=asuka", "num_inference_steps=2")
-    items = run_mod.load_items(asuka_cfg)
+    items = load_items(asuka_cfg)
     out = tmp_path / "run" / "predictions"
-    run_mod.generate_predictions(asuka_cfg, items, out)
+    gen_mod.generate_predictions(asuka_cfg, items, out)
     first = (out / "img00.png").read_bytes()
     for other in ("method=sd", "num_inference_steps=3", "seed=1"):
         cfg = _cfg(dirs, tmp_path, "model=tiny", "method=asuka", "num_inference_steps=2", other)
         with pytest.raises(ConfigError, match=r"holds 2 predictions made with other settings .*overwrite=true"):
-            run_mod.generate_predictions(cfg, items, out)
+            gen_mod.generate_predictions(cfg, items, out)
     assert (out / "img00.png").read_bytes() == first
     calls = []
-    build = run_mod._build_generator_pipeline
-    monkeypatch.setattr(run_mod, "_build_generator_pipeline", lambda c, d: calls.append(c.method.name) or build(c, d))
-    run_mod.generate_predictions(asuka_cfg, items, out)  # the same settings: reused, nothing generated
+    build = gen_mod._build_generator_pipeline
+    monkeypatch.setattr(gen_mod, "_build_generator_pipeline", lambda c, d: calls.append(c.method.name) or build(c, d))
+    gen_mod.generate_predictions(asuka_cfg, items, out)  # the same settings: reused, nothing generated
     assert calls == []
-    run_mod.generate_predictions(_cfg(dirs, tmp_path, "model=tiny", "method=sd", "num_inference_steps=2",
+    gen_mod.generate_predictions(_cfg(dirs, tmp_path, "model=tiny", "method=sd", "num_inference_steps=2",
                                       "overwrite=true"), items, out)
     assert calls == ["sd"] and sorted(p.name for p in out.iterdir()) == ["img00.png", "img01.png"]
     assert '"name": "sd"' in (tmp_path / "run" / "predictions.settings.json").read_text()
@@ -282,7 +286,7 @@ def test_metrics_include_defaults_per_family_and_clip_weights_only_when_asked(mo
     from asuka.eval.selection import METRICS, included_metrics
     from asuka.utils.errors import ConfigError
 
-    monkeypatch.setattr(run_mod.feats_mod, "inception_weights_file", lambda *a: None)
+    monkeypatch.setattr(F, "inception_weights_file", lambda *a: None)
     monkeypatch.setattr(run_mod, "lpips_trunk_file", lambda *a: None)
     sd = compose_config("eval", ["method=sd", "paths.clip=null"])
     assert "clip" not in included_metrics(sd) and {"fid", "u_ids", "p_ids", "lpips"} <= set(included_metrics(sd))

@@ -119,24 +119,27 @@ def test_bad_files_are_refused_in_one_line(released, tmp_path, edit, message):
         convert(tmp_path / "bad.pth", tmp_path / "out")
 
 
-def test_stage_a_starts_from_converted_weights_on_sdxl_and_resumes_exactly(released, tmp_path):
+def test_both_stages_start_from_converted_weights_on_sdxl_and_stage_a_resumes_exactly(released, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
     from resume_check import assert_resume_exact
 
     from asuka.training.largen import AssignStage, RefineStage
-    from asuka.utils.errors import ConfigError
 
     src, unet, assign = released
     convert(src, tmp_path / "out")
-    cfg = compose_config("train_largen", ["experiment=demo", "model=sdxl_tiny", "trainer.max_steps=4",
-                                          "trainer.checkpoint_every=2", "trainer.val_every=100", "trainer.batch_size=2",
-                                          f"largen.unet={tmp_path / 'out' / 'unet'}",
-                                          f"largen.assign={tmp_path / 'out' / 'assign'}"])
+    overrides = ["experiment=demo", "model=sdxl_tiny", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+                 "trainer.val_every=100", "trainer.batch_size=2", f"largen.unet={tmp_path / 'out' / 'unet'}",
+                 f"largen.assign={tmp_path / 'out' / 'assign'}"]
+    cfg = compose_config("train_largen", overrides)
     stage = AssignStage(cfg, torch.device("cpu"), torch.float32)
     net = stage.trainable["largen"]
     assert torch.equal(net.unet.conv_in.weight, unet.conv_in.weight)
     assert torch.equal(net.assign.to_v_ip[-1].weight, assign.to_v_ip[-1].weight)
     assert_resume_exact(cfg, AssignStage, "assign", tmp_path / "runs", stop_at=2)
-    with pytest.raises(ConfigError, match="stage B \\(RefineNet\\) is SD-1.5 only"):
-        RefineStage.check_config(compose_config("train_largen", ["experiment=demo", "model=sdxl_tiny",
-                                                                  "largen.stage=refine"]))
+    # stage B (our RefineNet: none was released) on the converted release, frozen; the RefineNet a copy of its UNet
+    refine_stage = RefineStage(compose_config("train_largen", [*overrides, "largen.stage=refine"]),
+                               torch.device("cpu"), torch.float32)
+    refine = refine_stage.trainable["refine"].unet
+    assert torch.equal(refine_stage.net.assign.to_k_ip[0].weight, assign.to_k_ip[0].weight)
+    assert torch.equal(refine.conv_in.weight, unet.conv_in.weight[:, :4])
+    assert torch.equal(refine.add_embedding.linear_1.weight, unet.add_embedding.linear_1.weight)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asuka.models.mae import MaskedAutoencoderViT, sincos_pos_embed_2d
+from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.mae_blocks import sincos_pos_embed_2d
 
 
 @pytest.fixture(scope="module")

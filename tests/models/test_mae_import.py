@@ -37,7 +37,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from asuka.models.mae import MaskedAutoencoderViT, sincos_pos_embed_2d
+from asuka.models.mae import MaskedAutoencoderViT
+from asuka.models.mae_blocks import sincos_pos_embed_2d
 from asuka.models.mae_import import (
     NEW_KEYS,
     convert_mae,

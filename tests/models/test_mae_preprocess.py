@@ -7,8 +7,9 @@ import logging
 import pytest
 import torch
 
-from asuka.models.mae import MaskedAutoencoderViT, cv2_area_resize
+from asuka.models.mae import MaskedAutoencoderViT
 from asuka.models.mae_import import load_mae
+from asuka.models.mae_preprocess import cv2_area_resize
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=4,
             decoder_num_heads=2, mlp_ratio=2.0, prior_layer=3)

@@ -14,7 +14,7 @@ from conftest import compose_config
 from asuka.data.images import pil_to_tensor
 from asuka.eval.clip_score import official_hole
 from asuka.eval.grad import boundary_gradient_error, official_boundary_gradient_error
-from asuka.models.mae import cv2_area_resize
+from asuka.models.mae_preprocess import cv2_area_resize
 from asuka.pipelines.build import build_pipeline
 from asuka.pipelines.build_flux import with_recipe
 from asuka.pipelines.inpaint_files import recipe_for
@@ -210,7 +210,8 @@ def test_eval_scores_grad_and_clip_hole_as_the_official_scripts(tmp_path) -> Non
     """eval.py recipe=official: per-image Grad from cal_grad.py's formula on the prediction file, equal to ours on
     the (binary) evaluation masks."""
     from asuka.data.datasets import EvalDataset
-    from asuka.eval.run import _ScoredPairs, load_items, to_uint8
+    from asuka.eval.items import load_items
+    from asuka.eval.scoring import _ScoredPairs, to_uint8
 
     items = load_items(compose_config("eval", ["experiment=demo"]))[:1]
     sample = EvalDataset(items, 64)[0]
@@ -231,7 +232,8 @@ def test_eval_official_recipe_keeps_grey_masks_to_the_metrics(tmp_path) -> None:
     mask, as cal_grad.py does; ours binarises. method=sd refuses the official recipe in one line."""
     from asuka.data.datasets import EvalDataset
     from asuka.data.sources import ImageItem
-    from asuka.eval.run import _ScoredPairs, _validate, to_uint8
+    from asuka.eval.run import _validate
+    from asuka.eval.scoring import _ScoredPairs, to_uint8
 
     rng = np.random.default_rng(1)
     scene = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)

@@ -121,7 +121,8 @@ def test_cfg_uncond_keeps_the_subject_reference_as_released(pipe, monkeypatch):
     details in both branches, on the subject latent noised afresh per step and per branch."""
     refs, nets = [], []
     real_refine, real_net = pipe.refine, pipe.net
-    monkeypatch.setattr(pipe, "refine", lambda x, t, clip: refs.append((x, clip)) or real_refine(x, t, clip))
+    monkeypatch.setattr(pipe, "refine", lambda x, t, clip, added: refs.append((x, clip, added))
+                        or real_refine(x, t, clip, added))
     monkeypatch.setattr(pipe, "net", lambda x, t, text, img, scale, bank, keep, added: nets.append((img, bank, keep))
                         or real_net(x, t, text, img, scale, bank, keep, added))
     image, hole = subject()
@@ -133,9 +134,10 @@ def test_cfg_uncond_keeps_the_subject_reference_as_released(pipe, monkeypatch):
     pipe.sample(pixels, mask, "a ball", subject_tensor(image, hole, 64), guidance_scale=7.5, num_inference_steps=2,
                 generator=torch.Generator().manual_seed(0))
     assert len(refs) == 2
-    for noisy, clip in refs:
+    for noisy, clip, added in refs:
         assert noisy.shape[0] == 2 and not torch.allclose(noisy[0], noisy[1])  # one noise per branch
         assert torch.equal(clip[0], clip[1])  # the uncond branch keeps the real subject's details
+        assert added is None  # SD-1.5: no added conditions
     assert not torch.allclose(refs[0][0], refs[1][0])  # and per step
     for img, bank, keep in nets:
         assert keep is None and bank is not None  # both branches read the reference

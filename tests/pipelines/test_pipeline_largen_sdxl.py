@@ -1,5 +1,6 @@
 """LarGenInpaintPipeline on SDXL (``model=sdxl_tiny``; the released LAR-Gen backbone): the four tasks, the SDXL
-prompt conditions reaching the UNet, the round trip and ``scripts/inpaint.py method=largen model=sdxl_tiny``."""
+prompt conditions reaching the UNet (and our RefineNet), the round trip and ``scripts/inpaint.py method=largen
+model=sdxl_tiny``."""
 from __future__ import annotations
 
 import subprocess
@@ -17,6 +18,7 @@ from conftest import REPO, compose_config  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from largen_helpers import halved_clip_input  # noqa: E402
 
+from asuka.models.largen.refine import RefineNet  # noqa: E402
 from asuka.pipelines.baselines import tiny_token_ids  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
@@ -90,6 +92,32 @@ def test_sdxl_prompt_conditions_reach_the_unet(pipe):
     torch.testing.assert_close(seen[0]["encoder_hidden_states"], torch.cat([one, two.hidden_states[-2]], -1))
     torch.testing.assert_close(seen[0]["added_cond_kwargs"]["text_embeds"], two.text_embeds)
     assert seen[0]["added_cond_kwargs"]["time_ids"].tolist() == [[size, size, 0, 0, size, size]] * 2
+
+
+def test_sdxl_refinenet_gets_the_null_pooled_vector_and_the_size_ids(pipe):
+    """Our SDXL RefineNet (stage B; none was released) is a ``text_time`` UNet: in both CFG branches it gets the empty
+    prompt's pooled vector (released ``LargenUNetXL``: ``null_y`` in place of the pooled text) and the main UNet's
+    size ids, computed here independently; its reference changes the result."""
+    refined = LarGenInpaintPipeline(**{**pipe.components,
+                                       "refine": RefineNet.from_unet(pipe.unet, pipe.assign.config.image_embed_dim)})
+    refined.set_progress_bar_config(disable=True)
+    seen = []
+    handle = refined.refine.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    run = lambda p: p(scene(), Image.fromarray(hole("text").astype(np.uint8) * 255), prompt="a red ball",  # noqa: E731
+                      subject_image=subject(), num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images[0]
+    try:
+        with_refine = run(refined)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        null_pooled = pipe.text_encoder_2(tiny_token_ids(""), output_hidden_states=True).text_embeds
+    size = pipe.default_size
+    assert len(seen) == 1  # one RefineNet call per step, both branches batched
+    torch.testing.assert_close(seen[0]["added_cond_kwargs"]["text_embeds"], null_pooled.repeat(2, 1))
+    assert seen[0]["added_cond_kwargs"]["time_ids"].tolist() == [[size, size, 0, 0, size, size]] * 2
+    mask = hole("text")
+    assert np.abs(with_refine[mask] - run(pipe)[mask]).mean() > 1e-3
 
 
 def test_sdxl_round_trip_keeps_the_second_encoder_and_the_output(pipe, tmp_path):

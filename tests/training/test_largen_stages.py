@@ -57,8 +57,9 @@ def test_demo_refine_without_stage_a_says_it_starts_from_random(caplog):
     assert "largen.assign not set" in caplog.text
 
 
-def test_refine_stage_trains_only_the_refinenet():
-    cfg = demo_cfg("largen.stage=refine")
+@pytest.mark.parametrize("model", [[], ["model=sdxl_tiny"]])  # SD-1.5, and SDXL (none released: ours is the only one)
+def test_refine_stage_trains_only_the_refinenet(model):
+    cfg = demo_cfg("largen.stage=refine", *model)
     torch.manual_seed(0)
     stage = RefineStage(cfg, torch.device("cpu"), torch.float32)
     batch = collate([stage.train_dataset()[(0, i)] for i in range(2)])
@@ -69,6 +70,8 @@ def test_refine_stage_trains_only_the_refinenet():
     refine = stage.trainable["refine"]
     assert refine.detail_encoder.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in stage.net.parameters())
+    if model:  # SDXL: the RefineNet's copy of the added (pooled + size) embedding is fed and trains
+        assert refine.unet.add_embedding.linear_1.weight.grad.abs().sum() > 0
     torch.optim.SGD(refine.parameters(), lr=1.0).step()
     assert all(torch.equal(frozen[k], v) for k, v in stage.net.state_dict().items())
 
@@ -83,8 +86,9 @@ def test_assign_stage_trains_unet_and_adapter_and_resumes_exactly(tmp_path):
     assert sorted(p.name for p in (tmp_path / "straight/final").iterdir()) == ["assign", "unet"]
 
 
-def test_refine_stage_resumes_exactly(tmp_path):
-    assert_resume_exact(demo_cfg("largen.stage=refine"), RefineStage, "refine", tmp_path, stop_at=2)
+@pytest.mark.parametrize("model", [[], ["model=sdxl_tiny"]])
+def test_refine_stage_resumes_exactly(tmp_path, model):
+    assert_resume_exact(demo_cfg("largen.stage=refine", *model), RefineStage, "refine", tmp_path, stop_at=2)
 
 
 @pytest.mark.parametrize("name, extra", [("train_largen", []), ("eval", ["method=largen", "dataset=dreambench_coco"]),

@@ -13,6 +13,11 @@ from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.attention import READ, install_processors
 
 
+def cast_added(added: dict[str, torch.Tensor] | None, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """SDXL's ``added_cond_kwargs`` in the UNet's dtype (None, SD-1.5's, stays None)."""
+    return None if added is None else {k: v.to(dtype) for k, v in added.items()}
+
+
 class LarGenNet(nn.Module):
     """``forward(sample, t, text_embeds, image_embeds, ip_scale, reference_bank, reference_keep, added) -> eps``."""
 
@@ -41,8 +46,7 @@ class LarGenNet(nn.Module):
         ip_tokens = None if skip else self.assign(image_embeds.to(self.assign.dtype))
         kwargs = {"ip_tokens": ip_tokens, "ip_scale": float(ip_scale), "reference_bank": reference_bank,
                   "reference_keep": reference_keep}
-        added = None if added_cond_kwargs is None else {k: v.to(dtype) for k, v in added_cond_kwargs.items()}
         return self.unet(
             sample.to(dtype), timestep, encoder_hidden_states=text_embeds.to(dtype), cross_attention_kwargs=kwargs,
-            added_cond_kwargs=added,
+            added_cond_kwargs=cast_added(added_cond_kwargs, dtype),
         ).sample
