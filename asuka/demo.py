@@ -17,7 +17,8 @@ from asuka.data.color import error_map_to_image, ring_error_map
 from asuka.data.datasets import EvalDataset, build_image_source, collate
 from asuka.models.mae import MaskedAutoencoderViT
 from asuka.pipelines.build import load_pipeline
-from asuka.training.run_folder import make_grid
+from asuka.training.reporting import make_grid
+from asuka.training.run_dir import RunLayout
 
 ROW_LABELS = ("image", "mask", "masked image", "MAE stage 1", "ASUKA, SD VAE", "ASUKA, decoder",
               "ring error, SD VAE", "ring error, decoder")
@@ -61,7 +62,7 @@ def demo_grid(out: Path, resolution: int = 64, steps: int = 10) -> Path:
     dataset = EvalDataset(items, resolution)
     batch = collate([dataset[i] for i in range(len(dataset))])
     image, mask = batch["image"], batch["mask"]
-    mae = MaskedAutoencoderViT.from_pretrained(str(out / "mae" / "final" / "mae")).eval()
+    mae = MaskedAutoencoderViT.from_pretrained(str(RunLayout(out / "mae").final / "mae")).eval()
     pipe = load_pipeline(str(out / "pipeline"))
     pipe.set_progress_bar_config(disable=True)
     decoder = pipe.decoder

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose_config
-from asuka.training.run_folder import config_container
+from asuka.training.run_dir.info import config_container
 
 PRIMARY = ["train_mae", "train_align", "train_decoder", "eval", "make_latent_aug", "make_align_latents", "export_pipeline",
            "inpaint"]

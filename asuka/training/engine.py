@@ -7,11 +7,8 @@ the number of updates done before it (0-based).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,18 +24,17 @@ from tqdm.auto import tqdm
 
 from asuka.data.device_images import decode_batch
 from asuka.data.sampler import ResumableShardedSampler
-from asuka.training import checkpoint as ckpt
 from asuka.training.ema import EMA
-from asuka.training.modules import load_module, save_module, unwrap
+from asuka.training.modules import unwrap
 from asuka.training.optim import build_optimizer, build_scheduler, param_groups, resolve_lr
-from asuka.training.run_folder import MetricsLog, config_container, make_grid, save_config, write_run_info
-from asuka.training.run_guard import prepare_run_dir
+from asuka.training.reporting import init_trackers, log_image, make_grid
+from asuka.training.run_dir import RunFolder, TrainingParts
 from asuka.training.sharding import shard_frozen
 from asuka.training.stage import Stage
 from asuka.training.validate import check_tracker_login, validate_training_config
 from asuka.utils.config_schema import validate_config
-from asuka.utils.process import term_when_parent_dies
 from asuka.utils.errors import AsukaError
+from asuka.utils.process import SigtermFlag
 from asuka.utils.workers import resolve_num_workers
 
 log = logging.getLogger("asuka.train")
@@ -52,40 +48,11 @@ def default_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-class _Sigterm:
-    """Turns SIGTERM (what schedulers send before a kill, or the kernel when the launcher dies) into a flag checked
-    after every step."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous = None
-
-    def __enter__(self) -> "_Sigterm":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-            return self
-        parent = os.getppid()
-        term_when_parent_dies(True)
-        if os.getppid() != parent:  # the launcher died before the request took effect
-            self.received = True
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ANN001
-        self.received = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            term_when_parent_dies(False)
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 class Trainer:
     """Holds the state of one run; ``fit`` drives it. Stages never see this class."""
 
     def __init__(self, cfg: DictConfig, stage_factory: StageFactory, run_dir: Path) -> None:
-        self.cfg, self.tcfg, self.run_dir = cfg, cfg.trainer, run_dir
+        self.cfg, self.tcfg, self.run_dir, self.folder = cfg, cfg.trainer, run_dir, RunFolder(run_dir)
         tracker = cfg.get("logger", {}).get("tracker")
         self.accelerator = Accelerator(
             cpu=bool(self.tcfg.cpu),
@@ -103,11 +70,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.effective_batch = self.batch_size * acc.num_processes * int(self.tcfg.grad_accum)
-        self.ckpt_dir = run_dir / "checkpoints"
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         getattr(stage_factory, "check_config", lambda _cfg: None)(cfg)
-        self.resumed_from = prepare_run_dir(
-            cfg, run_dir, acc.num_processes, self.effective_batch, acc.is_main_process, acc.wait_for_everyone
+        self.resumed_from = self.folder.prepare(
+            cfg, acc.num_processes, self.effective_batch, acc.is_main_process, acc.wait_for_everyone
         )
 
         set_seed(int(cfg.seed))  # identical initial weights on every rank
@@ -178,66 +143,21 @@ class Trainer:
             "effective_batch": self.effective_batch,
         }
 
-    def _write_checkpoint_files(self, tmp: Path) -> None:
-        """The main process's part of a checkpoint: modules, EMA, optimizers, schedulers, scaler, stage, config."""
-        acc = self.accelerator
-        for name, module in self.stage.trainable.items():
-            save_module(unwrap(module), tmp / name)
-        if self.ema is not None:
-            for name, module in self.ema.modules.items():
-                save_module(module, tmp / f"ema_{name}")
-        for name, optimizer in self.optimizers.items():
-            ckpt.save_torch(optimizer.state_dict(), tmp / f"optimizer_{name}.pt")
-            ckpt.save_torch(self.schedulers[name].state_dict(), tmp / f"scheduler_{name}.pt")
-        if acc.scaler is not None:
-            ckpt.save_torch(acc.scaler.state_dict(), tmp / "scaler.pt")
-        ckpt.save_torch(self.stage.state_dict(), tmp / "stage.pt")
-        save_config(self.cfg, tmp / "config.yaml")
+    def _parts(self) -> TrainingParts:
+        """What a checkpoint saves and restores."""
+        ema = self.ema.modules if self.ema is not None else {}
+        return TrainingParts(self.stage.trainable, ema, self.optimizers, self.schedulers, self.accelerator.scaler,
+                             self.stage)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` atomically (all ranks write their RNG state), then rotate."""
-        acc = self.accelerator
-        tmp = self.ckpt_dir / f"{ckpt.TMP_PREFIX}{ckpt.PREFIX}{self.step}"
-        final = self.ckpt_dir / f"{ckpt.PREFIX}{self.step}"
-        if acc.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        ckpt.save_torch(ckpt.rng_state(), tmp / f"rng_{acc.process_index}.pt")
-        if acc.is_main_process:
-            try:
-                self._write_checkpoint_files(tmp)
-            except OSError as exc:  # a full disk, a quota or `ulimit -f`: the earlier checkpoints are untouched
-                ckpt.remove_tree(tmp)
-                raise AsukaError(f"{final}: cannot be written ({exc.strerror or exc}); the earlier checkpoints are "
-                                 "intact: free space (or raise the limit) and run again with trainer.resume=latest"
-                                 ) from None
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.publish(tmp, final, self._trainer_state())
-            ckpt.rotate(self.ckpt_dir, int(self.tcfg.keep_checkpoints))
-        acc.wait_for_everyone()
-        return final
+        """``checkpoint-<step>``, written atomically, then rotation to ``trainer.keep_checkpoints``."""
+        return self.folder.save_checkpoint(self.step, self.accelerator, self._parts(), self._trainer_state(), self.cfg,
+                                           int(self.tcfg.keep_checkpoints))
 
     def _load(self, path: Path) -> None:
         acc = self.accelerator
-        state = json.loads((path / ckpt.STATE_FILE).read_text())
-        for name, module in self.stage.trainable.items():
-            load_module(unwrap(module), path / name)
-        if self.ema is not None:
-            for name, module in self.ema.modules.items():
-                load_module(module, path / f"ema_{name}")
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(ckpt.load_torch(path / f"optimizer_{name}.pt"))
-            self.schedulers[name].load_state_dict(ckpt.load_torch(path / f"scheduler_{name}.pt"))
-        if acc.scaler is not None and (path / "scaler.pt").is_file():
-            acc.scaler.load_state_dict(ckpt.load_torch(path / "scaler.pt"))
-        self.stage.load_state_dict(ckpt.load_torch(path / "stage.pt"))
-        rng_file = path / f"rng_{acc.process_index}.pt"
-        if rng_file.is_file():
-            ckpt.set_rng_state(ckpt.load_torch(rng_file))
-        else:
+        state, had_rng = self.folder.load_checkpoint(path, self._parts(), acc.process_index)
+        if not had_rng:
             log.warning("%s: no RNG state for rank %d (world size changed?); reseeding", path, acc.process_index)
             set_seed(int(self.cfg.seed) + self.step + acc.process_index)
         self.step = int(state["step"])
@@ -328,33 +248,20 @@ class Trainer:
             self.accelerator.log(logs, step=self.step)
         if self.accelerator.is_main_process:
             if logs:
-                self.metrics.write({"step": self.step, **logs})
+                self.folder.log_metrics({"step": self.step, **logs})
             grid = make_grid(result.rows)
-            path = self.run_dir / "val" / f"step_{self.step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
-            self._log_image(grid)
+            self.folder.save_val_grid(self.step, grid)
+            log_image(self.accelerator, grid, self.step)
 
     def _n_val(self) -> int:
         return max(1, min(int(self.tcfg.get("val_images", 4)), len(self.dataset)))
-
-    def _log_image(self, grid) -> None:  # noqa: ANN001
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("val", np.asarray(grid), self.step, dataformats="HWC")
-            elif tracker.name == "wandb":
-                import wandb
-
-                tracker.log({"val": wandb.Image(grid)}, step=self.step)
 
     # ------------------------------------------------------------------------------------------------- run
     def start_run(self) -> None:
         acc = self.accelerator
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
-            write_run_info(
-                self.run_dir / "run_info.json",
+            self.folder.record_start(
+                self.cfg,
                 {
                     "stage": self.stage.name,
                     "world_size": acc.num_processes,
@@ -370,14 +277,7 @@ class Trainer:
                     "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 },
             )
-        tracker_cfg = self.cfg.get("logger", {})
-        if tracker_cfg.get("tracker"):
-            init_kwargs = {}
-            if tracker_cfg.tracker == "wandb":
-                init_kwargs = {"wandb": {"entity": tracker_cfg.get("entity"), "mode": tracker_cfg.get("mode"),
-                                         "dir": str(self.run_dir)}}  # its files inside the run folder
-            config = config_container(self.cfg) if tracker_cfg.tracker == "wandb" else None
-            acc.init_trackers(str(tracker_cfg.get("project", "asuka")), config=config, init_kwargs=init_kwargs)
+        init_trackers(acc, self.cfg, str(self.run_dir))
         log.info(
             "%s: %d process(es), per-device batch %d x grad_accum %d = effective batch %d; peak lr %s",
             self.stage.name,
@@ -396,7 +296,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.stage.name)
         last_saved, logs = self.step if self.resumed_from else -1, {}
         tick, last_logged = time.perf_counter(), self.step
-        with _Sigterm() as sigterm:
+        with SigtermFlag() as sigterm:
             while self.step < max_steps:
                 logs = self.train_step(batches, lambda: sigterm.received)
                 stop = logs.pop("stop")
@@ -413,7 +313,7 @@ class Trainer:
                     logs["sec_per_step"] = (time.perf_counter() - tick) / (self.step - last_logged)
                     tick, last_logged = time.perf_counter(), self.step
                     if acc.is_main_process:
-                        self.metrics.write(logs)
+                        self.folder.log_metrics(logs)
                     acc.log({k: v for k, v in logs.items() if k != "step"}, step=self.step)
                     bar.set_postfix(loss=f"{logs['loss']:.4g}")
                 self._check_health()
@@ -442,11 +342,10 @@ class Trainer:
     def _check_health(self) -> None:
         tcfg = self.tcfg
         if self.nonfinite_run >= int(tcfg.nonfinite_patience):
-            last = ckpt.list_checkpoints(self.ckpt_dir)
             raise AsukaError(
                 f"{self.nonfinite_run} non-finite losses in a row at step {self.step} "
                 f"(trainer.nonfinite_patience={tcfg.nonfinite_patience}); last good checkpoint: "
-                f"{last[-1] if last else 'none'}"
+                f"{self.folder.last_checkpoint() or 'none'}"
             )
         if len(self.bad_paths) > float(tcfg.max_bad_fraction) * len(self.dataset):
             raise AsukaError(
@@ -458,9 +357,9 @@ class Trainer:
         """``final/<name>/`` in save_pretrained format (the EMA weights when EMA is on)."""
         if not self.accelerator.is_main_process:
             return
-        for name, module in self.stage.final_modules().items():
-            source = self.ema.modules[name] if self.ema is not None and name in self.ema.modules else unwrap(module)
-            save_module(source, self.run_dir / "final" / name)
+        ema = self.ema.modules if self.ema is not None else {}
+        modules = self.stage.final_modules()
+        self.folder.save_final({name: ema[name] if name in ema else unwrap(module) for name, module in modules.items()})
 
 
 def fit(cfg: DictConfig, stage_factory: StageFactory, run_dir: str | Path | None = None) -> dict:

@@ -29,3 +29,32 @@ def tie_worker_to_launcher() -> None:
     term_when_parent_dies(True)
     if os.getppid() == 1:  # re-parented to init: the launcher died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermFlag:
+    """Turns SIGTERM (what schedulers send before a kill, or the kernel when the launcher dies) into a flag that a
+    loop checks after every step, so it can checkpoint and exit instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "SigtermFlag":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+            return self
+        parent = os.getppid()
+        term_when_parent_dies(True)
+        if os.getppid() != parent:  # the launcher died before the request took effect
+            self.received = True
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            term_when_parent_dies(False)
+            signal.signal(signal.SIGTERM, self._previous)

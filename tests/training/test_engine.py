@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asuka.training import checkpoint as ckpt
 from asuka.training.engine import fit
 from asuka.training.optim import lr_multiplier
+from asuka.training.run_dir import RunLayout
+from asuka.training.run_dir import checkpoint as ckpt
 from asuka.utils.errors import AsukaError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,7 +75,7 @@ def test_rotation_keeps_newest_complete(tmp_path):
 def test_resume_latest_skips_incomplete(tmp_path, caplog):
     fit(toy_config(max_steps=4), ToyStage, tmp_path)
     (tmp_path / "checkpoints/checkpoint-4/trainer_state.json").unlink()  # as if killed mid-write
-    assert ckpt.resolve_resume("latest", tmp_path / "checkpoints").name == "checkpoint-2"
+    assert ckpt.resolve_resume("latest", RunLayout(tmp_path)).name == "checkpoint-2"
     assert "incomplete" in caplog.text
 
 
@@ -134,7 +135,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {tests!r})
-    from asuka.training import checkpoint as ckpt
+    from asuka.training.run_dir import checkpoint as ckpt
     from asuka.training.engine import fit
     from toy_stage import ToyStage, toy_config
     real_save = ckpt.save_torch

@@ -95,7 +95,7 @@ def test_refine_stage_resumes_exactly(tmp_path, model):
                                          ("inpaint", ["method=largen"]), ("export_pipeline", ["method=largen"])])
 @pytest.mark.parametrize("demo", [False, True])
 def test_largen_configs_compose_and_resolve(name, extra, demo):
-    from asuka.training.run_folder import config_container
+    from asuka.training.run_dir.info import config_container
 
     container = config_container(compose_config(name, [*extra, *(["experiment=demo"] if demo else [])]))
     assert container["model"]["largen"]["image_encoder"]["source"] == ("tiny" if demo else "pretrained")

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asuka.training import checkpoint as ckpt
 from asuka.training.engine import fit
+from asuka.training.run_dir import RunLayout
+from asuka.training.run_dir import checkpoint as ckpt
 from asuka.utils.errors import AsukaError, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -135,7 +136,7 @@ def test_rollback_sets_newer_checkpoints_aside_and_latest_follows_the_new_branch
     assert names(aside) == ["checkpoint-4", "checkpoint-6", "final", "metrics.jsonl"]
     assert [json.loads(x)["step"] for x in (aside / "metrics.jsonl").read_text().splitlines()] == [3, 4, 5, 6]
     assert steps_logged(tmp_path) == [1, 2, 3, 4]
-    assert ckpt.resolve_resume("latest", tmp_path / "checkpoints").name == "checkpoint-4"
+    assert ckpt.resolve_resume("latest", RunLayout(tmp_path)).name == "checkpoint-4"
     assert json.loads((tmp_path / "checkpoints/checkpoint-4" / ckpt.STATE_FILE).read_text())["step"] == 4
 
 
@@ -143,7 +144,7 @@ def test_rollback_sets_newer_checkpoints_aside_and_latest_follows_the_new_branch
 ROTATION_KILL = """
 import sys, time, shutil
 sys.path.insert(0, {tests!r})
-from asuka.training import checkpoint as ckpt
+from asuka.training.run_dir import checkpoint as ckpt
 from asuka.training.engine import fit
 from toy_stage import ToyStage, toy_config
 real_rmtree = shutil.rmtree
@@ -268,11 +269,11 @@ def test_a_second_process_cannot_write_a_run_folder_while_the_first_lives(tmp_pa
     import subprocess
     import sys
 
-    from asuka.training.run_lock import acquire_run_lock
+    from asuka.training.run_dir.lock import acquire_run_lock
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from asuka.training.run_lock import acquire_run_lock; acquire_run_lock(Path(sys.argv[1])); "
+         "from asuka.training.run_dir.lock import acquire_run_lock; acquire_run_lock(Path(sys.argv[1])); "
          "print('locked', flush=True); time.sleep(120)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -334,10 +335,10 @@ def test_resume_latest_falls_back_past_a_damaged_checkpoint(tmp_path, caplog, da
     else:
         weights = newest / "net/model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-7])
-    assert ckpt.resolve_resume("latest", run / "checkpoints").name == "checkpoint-4"
+    assert ckpt.resolve_resume("latest", RunLayout(run)).name == "checkpoint-4"
     assert "checkpoint-6 is damaged" in caplog.text
     with pytest.raises(AsukaError, match=r"checkpoint-6 is damaged"):
-        ckpt.resolve_resume(str(newest), run / "checkpoints")
+        ckpt.resolve_resume(str(newest), RunLayout(run))
     out = fit(toy_config(max_steps=6, keep_checkpoints=5, resume="latest"), ToyStage, run)
     assert out["finished"] and out["step"] == 6 and straight["step"] == 6
     assert sorted(p.name for p in next((run / "abandoned").iterdir()).iterdir())[0] == "checkpoint-6"  # kept aside

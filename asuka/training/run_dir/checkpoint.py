@@ -2,6 +2,8 @@
 
 A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` and renamed to ``checkpoints/checkpoint-<step>``
 only when every file is on disk; ``trainer_state.json`` is written last, so a folder without it is incomplete.
+What a checkpoint holds (modules, EMA, optimizers, schedulers, scaler, stage state, RNG per rank, config) is named in
+``write_training_state`` and ``read_training_state`` only.
 A folder is deleted by first renaming it to ``.trash-<name>`` (atomic), so a kill during a deletion leaves only a
 trash folder, which the next start removes: a ``checkpoint-<step>`` is always either complete or absent.
 Everything is read back as safetensors or with ``torch.load(weights_only=True)``.
@@ -13,19 +15,21 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
+from torch import nn
 
+from asuka.training.modules import load_module, save_module, unwrap
+from asuka.training.run_dir.info import save_config
+from asuka.training.run_dir.layout import CONFIG_FILE, PREFIX, STATE_FILE, TMP_PREFIX, TRASH_PREFIX, RunLayout
+from asuka.training.stage import Stage
 from asuka.utils.errors import AsukaError
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-PREFIX = "checkpoint-"
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
 
 
 def step_of(path: Path) -> int:
@@ -61,11 +65,11 @@ def damage(path: Path) -> str | None:
         json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError) as exc:
         return f"{STATE_FILE}: {str(exc).splitlines()[0]}"
-    if (path / "config.yaml").is_file():
+    if (path / CONFIG_FILE).is_file():
         try:
-            OmegaConf.load(path / "config.yaml")
+            OmegaConf.load(path / CONFIG_FILE)
         except Exception as exc:  # noqa: BLE001  (yaml's and omegaconf's errors have no common base)
-            return f"config.yaml: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            return f"{CONFIG_FILE}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     for weights in sorted(path.rglob("*.safetensors")):
         try:
             with safe_open(str(weights), framework="pt") as f:
@@ -75,14 +79,15 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
+def resolve_resume(resume: str | None, run: RunLayout) -> Path | None:
     """``trainer.resume``: null -> None; ``latest`` -> newest sound checkpoint (a damaged newer one is passed over,
     saying so) or None; else a folder path, which must be complete and sound.
 
-    A relative path is looked up in the run folder (the parent of ``ckpt_dir``) first, then in the working directory.
+    A relative path is looked up in the run folder first, then in the working directory.
     """
     if resume in (None, "", "null"):
         return None
+    ckpt_dir = run.checkpoints
     if resume == "latest":
         found = list_checkpoints(ckpt_dir)
         for path in reversed(found):
@@ -96,8 +101,8 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
         log.warning("trainer.resume=latest: no complete checkpoint in %s, starting a new run", ckpt_dir)
         return None
     path = Path(str(resume))
-    if not path.is_absolute() and (ckpt_dir.parent / path).exists():
-        path = ckpt_dir.parent / path
+    if not path.is_absolute() and (run.root / path).exists():
+        path = run.root / path
     if not is_complete(path):
         raise AsukaError(f"trainer.resume={resume}: not a complete checkpoint folder (no {STATE_FILE} in {path})")
     problem = damage(path)
@@ -186,3 +191,57 @@ def rotate(ckpt_dir: Path, keep: int) -> None:
     complete = list_checkpoints(ckpt_dir)
     for old in complete[: max(0, len(complete) - max(1, keep))]:
         remove_tree(old)
+
+
+
+@dataclass
+class TrainingParts:
+    """The live objects a checkpoint saves and restores (``ema`` empty when EMA is off, ``scaler`` None without
+    fp16)."""
+
+    trainable: dict[str, nn.Module]
+    ema: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, object]
+    scaler: object | None
+    stage: Stage
+
+
+def write_training_state(folder: Path, parts: TrainingParts, cfg: DictConfig) -> None:
+    """The main process's part of a checkpoint: modules, EMA, optimizers, schedulers, scaler, stage, config."""
+    for name, module in parts.trainable.items():
+        save_module(unwrap(module), folder / name)
+    for name, module in parts.ema.items():
+        save_module(module, folder / f"ema_{name}")
+    for name, optimizer in parts.optimizers.items():
+        save_torch(optimizer.state_dict(), folder / f"optimizer_{name}.pt")
+        save_torch(parts.schedulers[name].state_dict(), folder / f"scheduler_{name}.pt")
+    if parts.scaler is not None:
+        save_torch(parts.scaler.state_dict(), folder / "scaler.pt")
+    save_torch(parts.stage.state_dict(), folder / "stage.pt")
+    save_config(cfg, folder / CONFIG_FILE)
+
+
+def write_rng_state(folder: Path, rank: int) -> None:
+    """Every rank's part of a checkpoint: its RNG streams."""
+    save_torch(rng_state(), folder / f"rng_{rank}.pt")
+
+
+def read_training_state(folder: Path, parts: TrainingParts, rank: int) -> tuple[dict, bool]:
+    """Load what ``write_training_state`` and ``write_rng_state`` wrote into the live objects; returns the trainer
+    state and whether this rank's RNG state was there (absent when the world size changed)."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    for name, module in parts.trainable.items():
+        load_module(unwrap(module), folder / name)
+    for name, module in parts.ema.items():
+        load_module(module, folder / f"ema_{name}")
+    for name, optimizer in parts.optimizers.items():
+        optimizer.load_state_dict(load_torch(folder / f"optimizer_{name}.pt"))
+        parts.schedulers[name].load_state_dict(load_torch(folder / f"scheduler_{name}.pt"))
+    if parts.scaler is not None and (folder / "scaler.pt").is_file():
+        parts.scaler.load_state_dict(load_torch(folder / "scaler.pt"))
+    parts.stage.load_state_dict(load_torch(folder / "stage.pt"))
+    rng_file = folder / f"rng_{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(load_torch(rng_file))
+    return state, rng_file.is_file()

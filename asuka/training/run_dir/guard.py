@@ -18,9 +18,10 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from asuka.training import checkpoint as ckpt
-from asuka.training.run_folder import config_container
-from asuka.training.run_lock import acquire_run_lock
+from asuka.training.run_dir import checkpoint as ckpt
+from asuka.training.run_dir.info import config_container
+from asuka.training.run_dir.layout import CONFIG_FILE, STATE_FILE, RunLayout
+from asuka.training.run_dir.lock import acquire_run_lock
 from asuka.utils.errors import ConfigError
 from asuka.utils.paths import check_writable
 
@@ -34,7 +35,6 @@ RESUME_FREE = (
     "trainer.log_every", "trainer.val_every", "trainer.checkpoint_every", "trainer.keep_checkpoints",
     "trainer.val_images", "trainer.cpu", "logger", "paths", "hydra",
 )
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "val", "run_info.json")
 
 
 def _flatten(node: object, prefix: str = "") -> dict[str, object]:
@@ -50,34 +50,33 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def holds_run(run_dir: Path) -> bool:
+def holds_run(run: RunLayout) -> bool:
     """Whether the folder holds checkpoints or ``final/`` of an earlier run."""
-    ckpt_dir = run_dir / "checkpoints"
-    return (run_dir / "final").exists() or (ckpt_dir.is_dir() and any(ckpt.step_of(p) >= 0 for p in ckpt_dir.iterdir()))
+    ckpt_dir = run.checkpoints
+    return run.final.exists() or (ckpt_dir.is_dir() and any(ckpt.step_of(p) >= 0 for p in ckpt_dir.iterdir()))
 
 
-def clear_previous_run(run_dir: Path) -> None:
+def clear_previous_run(run: RunLayout) -> None:
     """``trainer.overwrite=true``: delete the previous run's outputs (crash-safely, folder by folder)."""
-    log.warning("trainer.overwrite=true: deleting the previous run's outputs in %s", run_dir)
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
+    log.warning("trainer.overwrite=true: deleting the previous run's outputs in %s", run.root)
+    for path in run.outputs:
         if path.is_dir():
             ckpt.remove_tree(path)
         elif path.exists():
             path.unlink()
 
 
-def set_aside_stale_metrics(run_dir: Path) -> None:
+def set_aside_stale_metrics(run: RunLayout) -> None:
     """A run killed before its first checkpoint left a metrics.jsonl: keep it under another name, do not append."""
-    if (run_dir / "metrics.jsonl").is_file():
-        stale = run_dir / f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-        os.replace(run_dir / "metrics.jsonl", stale)
-        log.warning("%s: a previous run left no checkpoint; its metrics.jsonl was moved to %s", run_dir, stale.name)
+    if run.metrics.is_file():
+        stale = run.stale_metrics(time.strftime("%Y%m%d-%H%M%S"))
+        os.replace(run.metrics, stale)
+        log.warning("%s: a previous run left no checkpoint; its metrics.jsonl was moved to %s", run.root, stale.name)
 
 
 def check_resume(cfg: DictConfig, path: Path, world_size: int, effective_batch: int) -> None:
     """Compare the checkpoint's state and config with this run's; refuse or warn (``trainer.resume_mismatch``)."""
-    state = json.loads((path / ckpt.STATE_FILE).read_text())
+    state = json.loads((path / STATE_FILE).read_text())
     mode = str(cfg.trainer.get("resume_mismatch", "refuse"))
     if mode not in ("refuse", "warn"):
         raise ConfigError("trainer.resume_mismatch", f"must be refuse or warn, got {mode!r}")
@@ -94,13 +93,13 @@ def check_resume(cfg: DictConfig, path: Path, world_size: int, effective_batch: 
             f"{saved_world} process(es) in the checkpoint, {world_size} now: the data continues where it stopped, "
             "but the per-process random streams are reseeded, so the run is not identical to an uninterrupted one"
         )
-    if (path / "config.yaml").is_file():
-        saved = _flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
+    if (path / CONFIG_FILE).is_file():
+        saved = _flatten(OmegaConf.to_container(OmegaConf.load(path / CONFIG_FILE), resolve=True))
         now = _flatten(config_container(cfg))
         for key in sorted(set(saved) | set(now)):
             if _under(key, RESUME_FREE) or saved.get(key) == now.get(key):
                 continue
-            change = f"{key} is {saved.get(key)!r} in {path.name}/config.yaml but {now.get(key)!r} now"
+            change = f"{key} is {saved.get(key)!r} in {path.name}/{CONFIG_FILE} but {now.get(key)!r} now"
             (problems if _under(key, RESUME_MUST_MATCH) else notes).append(change)
     for note in notes:
         log.warning("resuming from %s although %s", path, note)
@@ -116,26 +115,26 @@ def check_resume(cfg: DictConfig, path: Path, world_size: int, effective_batch: 
             log.warning("trainer.resume_mismatch=warn: resuming from %s although %s", path, problem)
 
 
-def set_aside_newer(path: Path, run_dir: Path) -> None:
+def set_aside_newer(path: Path, run: RunLayout) -> None:
     """After an explicit rollback to ``path``: move newer checkpoints, ``final/`` and their metrics out of the way."""
-    ckpt_dir, step = run_dir / "checkpoints", ckpt.step_of(path)
+    ckpt_dir, step = run.checkpoints, ckpt.step_of(path)
     if path.parent.resolve() != ckpt_dir.resolve():
         return  # a checkpoint from another run folder: this folder's history is not being rolled back
     newer = [p for p in ckpt.list_checkpoints(ckpt_dir) if ckpt.step_of(p) > step]
     if not newer:
         return
-    aside = run_dir / "abandoned" / time.strftime("%Y%m%d-%H%M%S")
+    aside = run.abandoned(time.strftime("%Y%m%d-%H%M%S"))
     aside.mkdir(parents=True, exist_ok=True)
-    for old in newer + [run_dir / "final"]:
+    for old in newer + [run.final]:
         if old.exists():
             os.replace(old, aside / old.name)
     log.warning("rolled back to %s: newer checkpoints and final/ moved to %s", path.name, aside)
-    trim_metrics(run_dir, step, aside / "metrics.jsonl")
+    trim_metrics(run, step, aside / run.metrics.name)
 
 
-def trim_metrics(run_dir: Path, step: int, dropped_to: Path | None = None) -> None:
+def trim_metrics(run: RunLayout, step: int, dropped_to: Path | None = None) -> None:
     """Keep only the metrics.jsonl records up to ``step`` (the rest are recomputed by the resumed run)."""
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run.metrics
     if not metrics.is_file():
         return
     keep, drop = [], []
@@ -151,32 +150,32 @@ def trim_metrics(run_dir: Path, step: int, dropped_to: Path | None = None) -> No
 
 
 def prepare_run_dir(
-    cfg: DictConfig, run_dir: Path, world_size: int, effective_batch: int, is_main: bool, barrier: Callable[[], None]
+    cfg: DictConfig, run: RunLayout, world_size: int, effective_batch: int, is_main: bool, barrier: Callable[[], None]
 ) -> Path | None:
     """Before any model loads: a writable folder without a kill's leftovers, no silent overwrite, a resume that can
     continue. Checks run on every process (so all fail together); changes to the folder only on the main one.
     Returns the checkpoint to resume from, or None for a fresh run."""
-    check_writable(run_dir, "hydra.run.dir")
+    check_writable(run.root, "hydra.run.dir")
     if is_main:
-        acquire_run_lock(run_dir)  # before anything in the folder changes: one writer at a time
-        ckpt.clean_leftovers(run_dir / "checkpoints")
+        acquire_run_lock(run.root)  # before anything in the folder changes: one writer at a time
+        ckpt.clean_leftovers(run.checkpoints)
     barrier()
     resume = cfg.trainer.get("resume")
-    path = ckpt.resolve_resume(resume, run_dir / "checkpoints")
+    path = ckpt.resolve_resume(resume, run)
     if path is None:
         overwrite = bool(cfg.trainer.get("overwrite", False))
-        if holds_run(run_dir) and not overwrite:
+        if holds_run(run) and not overwrite:
             raise ConfigError(
                 "trainer.resume",
-                f"{run_dir} already holds a run (checkpoints or final/); continue it with trainer.resume=latest, "
+                f"{run.root} already holds a run (checkpoints or final/); continue it with trainer.resume=latest, "
                 "choose another hydra.run.dir, or replace it with trainer.overwrite=true",
             )
         if is_main:
-            clear_previous_run(run_dir) if holds_run(run_dir) else set_aside_stale_metrics(run_dir)
+            clear_previous_run(run) if holds_run(run) else set_aside_stale_metrics(run)
     else:
         check_resume(cfg, path, world_size, effective_batch)
         if is_main:
-            set_aside_newer(path, run_dir)  # a rollback by path, or resume=latest passing over a damaged newest
-            trim_metrics(run_dir, ckpt.step_of(path))
+            set_aside_newer(path, run)  # a rollback by path, or resume=latest passing over a damaged newest
+            trim_metrics(run, ckpt.step_of(path))
     barrier()
     return path

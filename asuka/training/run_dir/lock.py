@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+from asuka.training.run_dir.layout import RunLayout
 from asuka.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
-LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0      # our choice
 STALE_AFTER_S = 300.0   # our choice: ten missed heartbeats
 
@@ -54,7 +54,7 @@ def _stale(path: Path, holder: dict | None) -> bool:
 
 def acquire_run_lock(run_dir: Path) -> Path:
     """Take ``run_dir/.lock`` for this process (released at exit), or raise a ConfigError naming the live holder."""
-    path = run_dir / LOCK_NAME
+    path = RunLayout(run_dir).lock
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     while True:
         try:
