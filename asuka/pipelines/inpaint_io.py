@@ -180,6 +180,11 @@ class InpaintInputs:
         """The input as the output would have it (the caller's size)."""
         return self.image if self.full_image is None else self.full_image
 
+    @property
+    def output_mask(self) -> torch.Tensor:
+        """The mask at the caller's size."""
+        return self.mask if self.full_mask is None else self.full_mask
+
 
 def prepare_inputs(image: ImageInput, mask_image: ImageInput, image_processor: VaeImageProcessor,
                    mask_processor: VaeImageProcessor, height: int | None = None,

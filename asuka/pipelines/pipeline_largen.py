@@ -1,12 +1,14 @@
 """LAR-Gen inpainting: a scene, a mask, and a text prompt, a subject image, or both (Locate, Assign, Refine).
 
 Released defaults (scepter ``largen_inference.py``, ``diffusion.py``, ``solvers.py``, ``largen_ui.py``): DDIM with
-trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text and
-image). The unconditional branch has the empty prompt and zeroed CLIP pixels for Assign, but keeps the subject's CLIP
-details and latent for the RefineNet reference. Before every model call the known region is the source latent noised
-to that step with fresh noise (the subject latent likewise, per step and per branch); the mask reaches the latent grid
-by an antialiased resize thresholded at 0.5. The scene is cropped square around the mask (1.3x its box), inpainted at
-the UNet's size and pasted back; the subject is put on white, cropped to its mask and padded square.
+trailing timesteps, 50 steps, ending on the clean estimate; CFG 7.5 with guidance rescale 0.5 (one scale for text
+and image). The unconditional branch has the empty prompt (encoded, on SDXL too: scepter's conditioner does not zero
+it) and zeroed CLIP pixels for Assign, but keeps the subject's CLIP details and latent for the RefineNet reference.
+Before every model call the known region is the source latent noised to that step with fresh noise (the subject
+latent likewise, per step and per branch); the mask reaches the latent grid by an antialiased resize thresholded at
+0.5. The scene is cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the
+subject is put on white, cropped to its mask and padded square, and CLIP reads it resized from its own resolution
+(bilinear, antialiased) to 224.
 An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
 """
 from __future__ import annotations
@@ -87,10 +89,12 @@ def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
     return arr >= (128 if arr.dtype == np.uint8 else 0.5)
 
 
-def subject_tensor(subject_image: PIL.Image.Image, subject_mask: ImageInput | None, size: int) -> torch.Tensor:
-    """The subject as LAR-Gen sees it: white ground, cropped to its mask, padded square, ``[1, 3, size, size]``."""
+def subject_tensor(subject_image: PIL.Image.Image, subject_mask: ImageInput | None,
+                   size: int | None = None) -> torch.Tensor:
+    """The subject as LAR-Gen sees it: white ground, cropped to its mask, padded square, ``[1, 3, side, side]`` in
+    [-1, 1]; at its own resolution (``size`` None, what the released CLIP input is resized from) or ``size``."""
     square = prepare_subject(to_rgb(subject_image), _mask_array(subject_mask))
-    return pil_to_tensor(square.resize((size, size), PIL.Image.BICUBIC))[None]
+    return pil_to_tensor(square if size is None else square.resize((size, size), PIL.Image.BICUBIC))[None]
 
 
 class LarGenInpaintPipeline(DiffusionPipeline):
@@ -166,7 +170,9 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         (what background metrics should see).
         """
         inputs = prepare_inputs(image, mask_image, self.image_processor, self.mask_processor)
-        scene, mask = inputs.image, inputs.mask
+        # released: the zoom-in crop is cut from the image at its own size (it is resized to the working size anyway),
+        # not from the image rounded to the VAE factor
+        scene, mask = inputs.output_image, inputs.output_mask
         if scene.shape[0] != 1:
             raise AsukaError("LarGenInpaintPipeline inpaints one image per call")
         if not prompt and subject_image is None:
@@ -174,7 +180,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         size = int(size or self.default_size)
         box = mask_box(mask[0, 0].numpy() > 0.5)
         if box is None:  # nothing to fill
-            images = self.image_processor.postprocess(inputs.output_image, output_type=output_type)
+            images = self.image_processor.postprocess(scene, output_type=output_type)
             return ImagePipelineOutput(images=images) if return_dict else (images,)
         height, width = scene.shape[-2:]
         x0, y0, x1, y1 = released_crop_box(mask[0, 0].numpy() > 0.5) if crop else (0, 0, width, height)
@@ -188,7 +194,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         padded, padded_mask, pads = pad_square(part, part_mask)  # released: a crop cut by the border is padded
         work = F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False)  # cv2.resize linear
         work_mask = (F.interpolate(padded_mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
-        subject = None if subject_image is None else subject_tensor(subject_image, subject_mask, size)
+        subject = None if subject_image is None else subject_tensor(subject_image, subject_mask)
         result = self.sample(work, work_mask, prompt, subject, image_scale, guidance_scale, guidance_rescale,
                              num_inference_steps, generator, eta)
         patch, (px0, py0, px1, py1) = crop_back(result.cpu().float().clamp(-1, 1), part.shape[-2:], pads)
@@ -197,7 +203,7 @@ class LarGenInpaintPipeline(DiffusionPipeline):
             patch = patch * keep + part[..., py0:py1, px0:px1] * (1 - keep)
         out = scene.clone()
         out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
-        images = self.image_processor.postprocess(inputs.restore(out, paste_back), output_type=output_type)
+        images = self.image_processor.postprocess(out, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     def sample(
@@ -213,8 +219,10 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         eta: float = 0.0,
     ) -> torch.Tensor:
-        """The sampler on prepared tensors (``image``/``subject`` ``[1,3,S,S]`` in [-1,1], ``mask`` 1 = hole): the
-        decoded result in [-1, 1], known region not yet pasted. Training validation calls it directly."""
+        """The sampler on prepared tensors (``image`` ``[1,3,S,S]`` and the square ``subject`` ``[1,3,s,s]`` in
+        [-1,1], ``mask`` 1 = hole): the decoded result in [-1, 1], known region not yet pasted. CLIP reads the subject
+        at its own size (released); the RefineNet's latent is taken at ``S``. Training validation calls it
+        directly."""
         device, dtype = self._execution_device, self.unet.dtype
         do_cfg = guidance_scale > 1.0
         repeat = 2 if do_cfg else 1
@@ -239,7 +247,9 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         source = encode_latents(self.vae, image, generator=generator).to(dtype)
         refine = self.refine if subject is not None else None
         if refine is not None:
-            subject_latents = encode_latents(self.vae, subject.to(device), generator=generator).to(dtype)
+            at_size = F.interpolate(subject.float(), size=image.shape[-2:], mode="bilinear", antialias=True,
+                                    align_corners=False) if subject.shape[-2:] != image.shape[-2:] else subject
+            subject_latents = encode_latents(self.vae, at_size.to(device), generator=generator).to(dtype)
             refine_added = refine_conditions(self, repeat, image.shape[-2:])
         conditions = [c.to(dtype).repeat(repeat, 1, 1, 1) for c in (mask_latent, masked_latents)]
         timesteps = self.scheduler.timesteps

@@ -42,3 +42,14 @@ def h94_state_dict(depth: int = 4, dim: int = 32, embed: int = CLIP_WIDTH, out: 
     for index, h in zip(layers, hidden):
         ip |= {f"{index}.to_k_ip.weight": r(h, out), f"{index}.to_v_ip.weight": r(h, out)}
     return {"image_proj": proj, "ip_adapter": ip}
+
+
+def halved_clip_input(x01: torch.Tensor) -> torch.Tensor:
+    """The released CLIP input (torchvision ``Resize``, antialiased bilinear, then CLIP ``Normalize``) of images in
+    [0, 1] at a 2x reduction, written as the separable [1, 3, 3, 1] / 8 filter; exact away from the border."""
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+    down = torch.nn.functional.conv2d(x01, (k[:, None] * k[None, :]).expand(3, 1, 4, 4), stride=2, padding=1,
+                                      groups=3)
+    return (down - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)

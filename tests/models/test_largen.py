@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,11 +15,13 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from largen_helpers import CLIP_WIDTH, RESAMPLER, h94_state_dict, tiny_adapter, tiny_unet  # noqa: E402
+from largen_helpers import (CLIP_WIDTH, RESAMPLER, h94_state_dict, halved_clip_input, tiny_adapter,  # noqa: E402
+                            tiny_unet)
 
 from asuka.models.largen.assign import AssignAdapter, read_ip_adapter_file, save_ip_adapter_file  # noqa: E402
 from asuka.models.largen.attention import READ, LarGenAttnProcessor  # noqa: E402
-from asuka.models.largen.clip_image import build_image_encoder, image_hidden_states, prepare_subject  # noqa: E402
+from asuka.models.largen.clip_image import (build_image_encoder, clip_pixels, image_hidden_states,  # noqa: E402
+                                            prepare_subject)
 from asuka.models.largen.net import LarGenNet  # noqa: E402
 from asuka.models.largen.refine import RefineNet  # noqa: E402
 from asuka.models.sd import build_tiny_sd  # noqa: E402
@@ -191,11 +194,26 @@ def test_image_encoder_tiny_and_local_folder(tmp_path):
 
 
 def test_prepare_subject_crops_whitens_and_pads():
-    image = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
-    mask = np.zeros((40, 60), bool)
-    mask[10:20, 5:55] = True
+    """As released (largen_ui.py, get_bbox_from_mask): the box ends on the last masked row/column and the crop leaves
+    them out; white square of int(1.02 * longer side), centred. Expected canvas built here by hand."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 250, (60, 120, 3), dtype=np.uint8)
+    mask = np.zeros((60, 120), bool)
+    mask[10:40, 5:106] = True  # box rows 10..39, cols 5..105 -> crop [10:39) x [5:105): 29 x 100
     mask[10, 5] = False
-    out = np.asarray(prepare_subject(image, mask))
-    assert out.shape == (51, 51, 3)  # 50 x 1.02, square
-    assert (out[0] == 255).all() and (out[25, 1:50] == 0).all()
-    assert (out[20, 0] == 255).all()  # the unmasked corner pixel became white
+    out = np.asarray(prepare_subject(Image.fromarray(pixels), mask))
+    expected = np.full((102, 102, 3), 255, np.uint8)  # int(100 * 1.02)
+    expected[36:65, 1:101] = np.where(mask[10:39, 5:105, None], pixels[10:39, 5:105], 255)  # top (102 - 29) // 2
+    np.testing.assert_array_equal(out, expected)
+    few = np.zeros((60, 120), bool)
+    few[:3, :3] = True  # 9 pixels: under the released 10, the whole image
+    np.testing.assert_array_equal(np.asarray(prepare_subject(Image.fromarray(pixels), few))[31:91, 1:121], pixels)
+
+
+def test_clip_pixels_resize_straight_bilinear_antialiased():
+    """Released: torchvision Resize((224, 224)) on the padded subject, i.e. antialiased bilinear; at a 2x reduction
+    that is the separable [1, 3, 3, 1] / 8 filter, computed here independently (interior pixels)."""
+    encoder = SimpleNamespace(config=SimpleNamespace(image_size=16), dtype=torch.float32)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = halved_clip_input((x + 1) / 2)
+    torch.testing.assert_close(clip_pixels(x, encoder)[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1])

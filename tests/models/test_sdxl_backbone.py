@@ -3,6 +3,8 @@ back through the one frozen loader, and its conditions (two text encoders, poole
 agree with diffusers' own StableDiffusionXLInpaintPipeline."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import StableDiffusionXLInpaintPipeline
@@ -101,3 +103,19 @@ def test_sdxl_folder_errors_are_one_line(tmp_path):
     sd.load_sd_inpaint(TINY, None).unet.save_pretrained(tmp_path / "unet")  # 9 channels, but no SDXL conditions
     with pytest.raises(AsukaError, match="unet/ is not an SDXL UNet"):
         sdxl.load_sdxl_inpaint({"source": "pretrained"}, str(tmp_path), parts=("unet",))
+
+
+def test_sdxl_second_tokenizer_reads_exclamation_marks_as_open_clip(tmp_path):
+    """Released (open_clip.tokenize for bigG): "!" is an ordinary character, "!</w>" after BPE; SDXL's tokenizer_2
+    pads with "!" and would split it out as that special token (id 0). Ids written here by hand for a 5-token vocab."""
+    vocab = {"!": 0, "a</w>": 1, "!</w>": 2, "<|startoftext|>": 3, "<|endoftext|>": 4}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer_2 = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), pad_token="!",
+                                model_max_length=77)
+    tiny = sdxl.build_tiny_sdxl(0)
+    seen = []
+    tiny.text_encoder_2.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    sdxl.encode_prompt(sdxl.SDXLComponents(None, None, None, tiny.text_encoder, tiny.text_encoder_2, None,
+                                           tokenizer_2), ["a!"])
+    assert seen[0].tolist() == [[3, 1, 2, 4] + [0] * 73]

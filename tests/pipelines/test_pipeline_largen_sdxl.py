@@ -15,6 +15,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import REPO, compose_config  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from largen_helpers import halved_clip_input  # noqa: E402
+
 from asuka.models.largen.refine import RefineNet  # noqa: E402
 from asuka.pipelines.baselines import tiny_token_ids  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
@@ -143,3 +146,52 @@ def test_inpaint_script_on_sdxl_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == (96, 128, 3) and np.array_equal(out[~mask], np.asarray(scene())[~mask])
+
+
+def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
+    """Released (largen_ui.py): the white-padded subject square goes straight from its own resolution to the CLIP
+    size (antialiased bilinear: at 2x the [1, 3, 3, 1] / 8 filter, computed here), not via the working size."""
+    pixels = np.random.default_rng(1).integers(0, 255, (70, 70, 3), dtype=np.uint8)
+    mask = np.zeros((70, 70), bool)
+    mask[3:67, 2:66] = True  # released crop [3:66) x [2:65): 63 x 63 -> a 64 square (int(63 * 1.02))
+    square = np.full((64, 64, 3), 255, np.uint8)
+    square[:63, :63] = pixels[3:66, 2:65]
+    size = pipe.image_encoder.config.image_size
+    assert size == 32
+    seen = []
+    handle = pipe.image_encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"]),
+                                                          with_kwargs=True)
+    try:
+        pipe(scene(), Image.fromarray(hole("subject").astype(np.uint8) * 255), subject_image=Image.fromarray(pixels),
+             subject_mask=Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=1,
+             generator=torch.Generator().manual_seed(0), output_type="np")
+    finally:
+        handle.remove()
+    expected = halved_clip_input(torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255)
+    assert seen[0].shape == (2, 3, size, size) and not seen[0][0].any()  # uncond branch: zeroed pixels
+    torch.testing.assert_close(seen[0][1:, :, 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+
+
+def test_zoom_in_crop_is_cut_at_the_callers_size(pipe, monkeypatch):
+    """Released: the crop comes from the image as given, even when its size is not a multiple of 8 (100 x 150 here);
+    box by hand from the released rules: rows 40..59 x cols 60..79 -> 1.3x about (49.5, 69.5) -> [36:62, 56:82]."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 255, (100, 150, 3), dtype=np.uint8)
+    mask = np.zeros((100, 150), np.uint8)
+    mask[40:60, 60:80] = 255
+    seen = {}
+    result = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def sample(image, m, *args):
+        seen["image"] = image
+        return result
+
+    monkeypatch.setattr(pipe, "sample", sample)
+    out = pipe(Image.fromarray(pixels), Image.fromarray(mask), prompt="a ball", output_type="np").images[0]
+    crop = torch.from_numpy(pixels[36:62, 56:82]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    expected = torch.nn.functional.interpolate(crop, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen["image"], expected)
+    assert out.shape == (100, 150, 3)
+    outside = np.ones((100, 150), bool)
+    outside[36:62, 56:82] = False
+    np.testing.assert_allclose(out[outside], pixels[outside] / 255, atol=1e-6)  # untouched outside the crop

@@ -99,15 +99,18 @@ def load_sdxl_inpaint(block: Any, path: str | os.PathLike | None, device: str | 
 
 def encode_prompt(components: SDXLComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, 77, 768 + 1280], pooled [B, 1280])`` as diffusers' SDXL pipelines build them: both encoders'
-    penultimate hidden states concatenated, and the second encoder's projected pooled output."""
+    penultimate hidden states concatenated, and the second encoder's projected pooled output. One difference, the
+    released one (SGM/scepter tokenise the bigG prompt with ``open_clip.tokenize``): SDXL's ``tokenizer_2`` pads with
+    "!" and so splits every "!" of a prompt out as that special token (id 0, "!!" as two); here "!" is tokenised as
+    open_clip does (``split_special_tokens``)."""
     hidden, pooled = [], None
-    for tokenizer, encoder in ((components.tokenizer, components.text_encoder),
-                               (components.tokenizer_2, components.text_encoder_2)):
+    for tokenizer, encoder, plain in ((components.tokenizer, components.text_encoder, False),
+                                      (components.tokenizer_2, components.text_encoder_2, True)):
         if tokenizer is None:
             ids = torch.cat([tiny_token_ids(p) for p in prompts])
         else:
             ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
+                            truncation=True, split_special_tokens=plain, return_tensors="pt").input_ids
         out = encoder(ids.to(encoder.device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # the last encoder's: CLIPTextModelWithProjection.text_embeds

@@ -21,6 +21,7 @@ from asuka.utils.config import cfg_get, is_given
 from asuka.utils.errors import AsukaError, ConfigError
 
 SUBJECT_PAD = 1.02  # released LAR-Gen inference: the subject box padded square at 1.02x
+SUBJECT_MIN_PIXELS = 10  # released get_bbox_from_mask: a smaller mask keeps the whole image
 
 
 def build_image_encoder(cfg: Any, path: str | os.PathLike | None = None) -> CLIPVisionModelWithProjection:
@@ -57,11 +58,13 @@ def build_image_encoder(cfg: Any, path: str | os.PathLike | None = None) -> CLIP
 
 
 def clip_pixels(images: torch.Tensor, encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
-    """Square subjects ``[B, 3, H, W]`` in [-1, 1] -> the encoder's input (its size, bicubic, CLIP normalisation)."""
+    """Square subjects ``[B, 3, H, W]`` in [-1, 1] -> the encoder's input: resized straight to its size, bilinear
+    with antialiasing, then CLIP-normalised, as released (``largen_ui.py``: ``ToTensor, Resize((224, 224)),
+    Normalize`` on the padded subject at its own resolution; torchvision's tensor resize is this interpolation)."""
     size = int(encoder.config.image_size)
     x = (images.float() + 1) / 2
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(OPENAI_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(encoder.dtype)
@@ -76,17 +79,22 @@ def image_hidden_states(
 
 
 def prepare_subject(image: Image.Image, mask: np.ndarray | None = None, pad: float = SUBJECT_PAD) -> Image.Image:
-    """White background outside ``mask`` (bool HxW, True = subject), cropped to the mask's box and padded square
-    with white at ``pad`` times the box's longer side; the whole image when the mask is None or empty."""
+    """White background outside ``mask`` (bool HxW, True = subject), cropped to the mask's box and padded square,
+    centred, with white to ``int(pad * the crop's longer side)``; the whole image when the mask is None or has fewer
+    than :data:`SUBJECT_MIN_PIXELS` pixels. As released (``largen_ui.py`` with ``get_bbox_from_mask``): the box's
+    ``y2``/``x2`` are the last masked row/column and the crop ``[y1:y2, x1:x2]`` leaves them out; a degenerate
+    one-row/column box keeps that row/column, and a too small mask is not applied (the release whitens all but its
+    few pixels): our choices."""
     rgb = np.asarray(image.convert("RGB"))
-    if mask is not None and mask.any():
+    if mask is not None and mask.sum() >= SUBJECT_MIN_PIXELS:
         if mask.shape != rgb.shape[:2]:
             raise AsukaError(f"subject mask {mask.shape} and subject image {rgb.shape[:2]} differ in size")
         rgb = np.where(mask[..., None], rgb, np.uint8(255))
         ys, xs = np.nonzero(mask)
-        rgb = rgb[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        y0, x0 = ys.min(), xs.min()
+        rgb = rgb[y0 : max(ys.max(), y0 + 1), x0 : max(xs.max(), x0 + 1)]
     h, w = rgb.shape[:2]
-    side = max(1, int(round(max(h, w) * pad)))
+    side = max(1, int(max(h, w) * pad))
     canvas = np.full((side, side, 3), 255, dtype=np.uint8)
     y0, x0 = (side - h) // 2, (side - w) // 2
     canvas[y0 : y0 + h, x0 : x0 + w] = rgb
