@@ -23,6 +23,7 @@ from asuka.models.backbones.sdxl import (SDXL_SUBFOLDERS, SDXL_TEXT_PARTS, SDXLC
                                          load_sdxl_inpaint)
 from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import build_image_encoder
+from asuka.models.largen.outpaint import check_outpaint
 from asuka.models.largen.refine import RefineNet
 from asuka.models.mae_import import TINY_SEED
 from asuka.models.sd import SDComponents, build_inference_scheduler, load_sd_inpaint
@@ -158,8 +159,25 @@ def export_largen_pipeline(cfg: DictConfig) -> Path:
     return out
 
 
+def _outpaint_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The released outpainting recipe's arguments from ``outpaint=DIRECTION`` and ``largen.outpaint_*``, checked
+    before any model loads (text only, as released)."""
+    if is_given(cfg.get("subject")):
+        raise ConfigError("subject", "text-guided outpainting takes a prompt, not a subject (released task set)")
+    if not is_given(cfg.get("prompt")):
+        raise ConfigError("prompt", "text-guided outpainting needs prompt=TEXT")
+    check_outpaint(float(cfg.largen.outpaint_ratio), str(cfg.outpaint), ("largen.outpaint_ratio", "outpaint"))
+    settings: dict[str, Any] = {"ratio": float(cfg.largen.outpaint_ratio), "direction": str(cfg.outpaint),
+                                "paste_back": cfg.get("paste_back") is not False}
+    for side in ("height", "width"):  # the range is checked by the config schema
+        value = cfg.largen.get(f"outpaint_{side}")
+        settings[side] = int(value) if is_given(value) else None
+    return settings
+
+
 def inpaint_largen(cfg: DictConfig) -> Path:
-    """``scripts/inpaint.py method=largen image=... mask=... out=... prompt=... subject=... [subject_mask=...]``."""
+    """``scripts/inpaint.py method=largen image=... mask=... out=... prompt=... subject=... [subject_mask=...]``, or
+    ``outpaint=DIRECTION`` instead of ``mask=`` (text-guided outpainting, the released recipe)."""
     import numpy as np
     from PIL import Image
 
@@ -167,21 +185,30 @@ def inpaint_largen(cfg: DictConfig) -> Path:
 
     as_mask = lambda path: Image.fromarray(load_mask(path).astype(np.uint8) * 255)  # noqa: E731  (>= 128 = hole)
 
-    for key in ("image", "mask_file", "out"):
+    outpaint = cfg.get("outpaint")
+    for key in ("image", "out") if is_given(outpaint) else ("image", "mask_file", "out"):
         if not is_given(cfg.get(key)):
-            raise ConfigError("mask" if key == "mask_file" else key, "missing (LAR-Gen needs image=, mask= and out=)")
+            raise ConfigError("mask" if key == "mask_file" else key, "missing (LAR-Gen needs image=, mask= and out=;"
+                                                                     " outpaint=DIRECTION instead of mask=)")
     if not is_given(cfg.get("prompt")) and not is_given(cfg.get("subject")):
         raise ConfigError("prompt", "give prompt=TEXT, subject=IMAGE, or both")
-    image, mask = load_image(cfg.image), as_mask(cfg.mask_file)
+    sampling = {"guidance_scale": float(cfg.largen.guidance_scale), "num_inference_steps": int(cfg.steps),
+                "guidance_rescale": float(cfg.largen.guidance_rescale)}
+    if is_given(outpaint):
+        sampling.update(_outpaint_settings(cfg))
+    image = load_image(cfg.image)
+    mask = None if is_given(outpaint) else as_mask(cfg.mask_file)
     subject = load_image(cfg.subject) if is_given(cfg.get("subject")) else None
     subject_mask = as_mask(cfg.subject_mask) if is_given(cfg.get("subject_mask")) else None
     device = "cpu" if cfg.trainer.cpu or not torch.cuda.is_available() else "cuda"
     pipe = build_largen_pipeline(cfg, device)
     generator = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
-    result = pipe(image, mask, prompt=str(cfg.get("prompt") or ""), subject_image=subject, subject_mask=subject_mask,
-                  image_scale=float(cfg.largen.image_scale), guidance_scale=float(cfg.largen.guidance_scale),
-                  guidance_rescale=float(cfg.largen.guidance_rescale), num_inference_steps=int(cfg.steps),
-                  generator=generator).images[0]
+    if is_given(outpaint):
+        result = pipe.outpaint(image, str(cfg.prompt), generator=generator, **sampling).images[0]
+    else:
+        result = pipe(image, mask, prompt=str(cfg.get("prompt") or ""), subject_image=subject,
+                      subject_mask=subject_mask, image_scale=float(cfg.largen.image_scale), generator=generator,
+                      **sampling).images[0]
     out = Path(os.path.expanduser(str(cfg.out)))
     out.parent.mkdir(parents=True, exist_ok=True)
     result.save(out)

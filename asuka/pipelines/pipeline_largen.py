@@ -8,7 +8,8 @@ Before every model call the known region is the source latent noised to that ste
 latent likewise, per step and per branch); the mask reaches the latent grid by an antialiased resize thresholded at
 0.5. The scene is cropped square around the mask (1.3x its box), inpainted at the UNet's size and pasted back; the
 subject is put on white, cropped to its mask and padded square, and CLIP reads it resized from its own resolution
-(bilinear, antialiased) to 224.
+(bilinear, antialiased) to 224. Text-guided outpainting (:meth:`LarGenInpaintPipeline.outpaint`) samples the
+released canvas (:mod:`asuka.models.largen.outpaint`) whole, without the crop.
 An optional ASUKA mask-conditioned decoder (``decoder``) decodes instead of the VAE, against known-region colour drift.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ from asuka.models.largen.assign import AssignAdapter
 from asuka.models.largen.clip_image import clip_pixels, image_hidden_states, prepare_subject
 from asuka.models.largen.crop import crop_back, mask_box, pad_square, released_crop_box
 from asuka.models.largen.net import LarGenNet
+from asuka.models.largen.outpaint import OUTPAINT_DIRECTIONS, OUTPAINT_RATIO, outpaint_canvas
 from asuka.models.largen.refine import RefineNet
 from asuka.models.sd import encode_latents, encode_masked_image, unet_input, vae_scale_factor
 from asuka.models.tiny_text import tiny_token_ids
@@ -204,6 +206,45 @@ class LarGenInpaintPipeline(DiffusionPipeline):
         out = scene.clone()
         out[..., y0 + py0 : y0 + py1, x0 + px0 : x0 + px1] = patch
         images = self.image_processor.postprocess(out, output_type=output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def outpaint(
+        self,
+        image: PIL.Image.Image,
+        prompt: str,
+        ratio: float = OUTPAINT_RATIO,
+        direction: str = OUTPAINT_DIRECTIONS[0],
+        height: int | None = None,
+        width: int | None = None,
+        guidance_scale: float = GUIDANCE_SCALE,
+        guidance_rescale: float = GUIDANCE_RESCALE,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        paste_back: bool = True,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Text-guided outpainting as released: ``image`` scaled to ``ratio`` of a ``height x width`` black canvas
+        (default the UNet's size, as the release samples at its output size) at ``direction``, the hole the canvas
+        minus the image's inner part (:func:`outpaint_canvas`); the whole canvas is sampled (no zoom-in crop) and
+        returned. ``paste_back`` (our choice) keeps the scaled image's known pixels; released returns the decoded
+        canvas as it is."""
+        if not prompt:
+            raise AsukaError("text-guided outpainting needs a prompt")
+        height, width = int(height or self.default_size), int(width or self.default_size)
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise AsukaError(f"outpainting canvas {width}x{height}: both sides must be multiples of "
+                             f"{self.vae_scale_factor}")
+        canvas, hole = outpaint_canvas(np.asarray(to_rgb(image)), height, width, ratio, direction)
+        work = pil_to_tensor(PIL.Image.fromarray(canvas))[None]
+        work_mask = torch.from_numpy(hole)[None, None].float()
+        result = self.sample(work, work_mask, prompt, None, 1.0, guidance_scale, guidance_rescale,
+                             num_inference_steps, generator, eta).cpu().float().clamp(-1, 1)
+        if paste_back:
+            result = result * work_mask + work * (1 - work_mask)
+        images = self.image_processor.postprocess(result, output_type=output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
     def sample(

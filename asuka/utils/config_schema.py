@@ -83,7 +83,8 @@ RULES: tuple[Rule, ...] = (
     # LAR-Gen
     Rule("largen.unet_lr_scale", "float", low=0), Rule("largen.image_scale", "float", low=0),
     Rule("largen.guidance_scale", "float", low=0), Rule("largen.guidance_rescale", "float", low=0, high=1),
-    _positive("largen.val_inference_steps"),
+    _positive("largen.val_inference_steps"), Rule("largen.outpaint_ratio", "float", low=0, low_open=True, high=1),
+    Rule("largen.outpaint_height", "int", low=8), Rule("largen.outpaint_width", "int", low=8),
     # sampling and evaluation (inpaint.py, eval.py, the app, export)
     _positive("steps"), _positive("num_inference_steps"), Rule("guidance_scale", "float", low=0),
     Rule("guidance", "float", low=0), Rule("condition_weight", "float", low=0),

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import compose_config  # noqa: E402
 
 from asuka.models.largen.crop import mask_box  # noqa: E402
+from asuka.models.largen.outpaint import outpaint_canvas  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
 from asuka.pipelines.loading import load_pipeline  # noqa: E402
 from asuka.pipelines.pipeline_largen import LarGenInpaintPipeline  # noqa: E402
@@ -253,3 +254,34 @@ def test_released_zoom_in_crop_near_the_border_is_padded_and_pasted_back(pipe):
     changed = np.abs(out - source).max(axis=-1) > 1 / 255 + 1e-6
     assert changed[40:64, 88:102].mean() > 0.5 and not changed[:, :88].any() and not changed[:, 102:].any()
     assert not changed[:40].any()
+
+
+def test_outpaint_samples_the_released_canvas_whole_and_keeps_the_known_pixels(pipe, monkeypatch):
+    """Released text-guided outpainting: the sampler gets the whole canvas (no zoom-in crop) and its hole; the output
+    is the canvas, the scaled image's inner pixels pasted back, the hole from the sampler."""
+    scene, _ = scene_and_mask()
+    canvas, hole = outpaint_canvas(np.asarray(scene), 48, 64, 0.75, "LeftUp")
+    seen = {}
+    result = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sample = pipe.sample
+
+    def spy(image, mask, *args):
+        seen.update(image=image, mask=mask, args=args)
+        return result
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    out = pipe.outpaint(scene, "a beach", direction="LeftUp", height=48, width=64, output_type="np").images[0]
+    torch.testing.assert_close(seen["image"], torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    assert torch.equal(seen["mask"], torch.from_numpy(hole)[None, None].float())
+    assert seen["args"][:2] == ("a beach", None)  # text only, as released
+    assert out.shape == (48, 64, 3)
+    np.testing.assert_allclose(out[~hole], canvas[~hole] / 255, atol=1e-6)
+    np.testing.assert_allclose(out[hole], ((result[0].permute(1, 2, 0).numpy() + 1) / 2)[hole], atol=1e-6)
+    monkeypatch.setattr(pipe, "sample", sample)
+    real = pipe.outpaint(scene, "a beach", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                         output_type="np").images[0]
+    canvas, hole = outpaint_canvas(np.asarray(scene), pipe.default_size, pipe.default_size)
+    assert real.shape == canvas.shape and np.abs(real[~hole] - canvas[~hole] / 255).max() < 1e-6
+    assert np.abs(real[hole] - canvas[hole] / 255).mean() > 0.02  # the border was generated
+    with pytest.raises(AsukaError, match="multiples of"):
+        pipe.outpaint(scene, "a beach", height=50)

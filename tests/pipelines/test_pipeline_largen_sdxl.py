@@ -18,6 +18,7 @@ from conftest import REPO, compose_config  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from largen_helpers import halved_clip_input  # noqa: E402
 
+from asuka.models.largen.outpaint import outpaint_canvas  # noqa: E402
 from asuka.models.largen.refine import RefineNet  # noqa: E402
 from asuka.pipelines.baselines import tiny_token_ids  # noqa: E402
 from asuka.pipelines.largen_build import build_largen_pipeline, load_largen_pipeline  # noqa: E402
@@ -45,10 +46,7 @@ def subject() -> Image.Image:
 
 def hole(task: str, h: int = 96, w: int = 128) -> np.ndarray:
     mask = np.zeros((h, w), bool)
-    if task == "outpaint":  # text-guided outpainting: the border strips are the hole
-        mask[:, :16] = mask[:, -16:] = True
-    else:
-        mask[30:50, 70:95] = True
+    mask[30:50, 70:95] = True
     return mask
 
 
@@ -59,11 +57,10 @@ def test_sdxl_backbone_parts(pipe):
     assert pipe.scheduler.config.timestep_spacing == "trailing"
 
 
-@pytest.mark.parametrize("task", ["text", "subject", "text+subject", "outpaint"])
-def test_sdxl_four_tasks_fill_only_the_hole(pipe, task):
+@pytest.mark.parametrize("task", ["text", "subject", "text+subject"])
+def test_sdxl_inpainting_tasks_fill_only_the_hole(pipe, task):
     kwargs = {"text": {"prompt": "a red ball"}, "subject": {"subject_image": subject()},
-              "text+subject": {"prompt": "a red ball", "subject_image": subject()},
-              "outpaint": {"prompt": "a field"}}[task]
+              "text+subject": {"prompt": "a red ball", "subject_image": subject()}}[task]
     mask = hole(task)
     out = pipe(scene(), Image.fromarray(mask.astype(np.uint8) * 255), num_inference_steps=2,
                generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images[0]
@@ -146,6 +143,45 @@ def test_inpaint_script_on_sdxl_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == (96, 128, 3) and np.array_equal(out[~mask], np.asarray(scene())[~mask])
+
+
+def test_sdxl_outpaint_returns_the_canvas_with_the_known_pixels(pipe):
+    """Text-guided outpainting on SDXL through the same method: the released canvas at the UNet's size, its known
+    pixels kept (paste-back default), its hole generated; the size ids are the canvas's."""
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+    try:
+        out = pipe.outpaint(scene(), "a field", direction="RightUp", num_inference_steps=2,
+                            generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    finally:
+        handle.remove()
+    size = pipe.default_size
+    canvas, known = outpaint_canvas(np.asarray(scene()), size, size, 0.75, "RightUp")
+    known = ~known
+    assert out.shape == (size, size, 3)
+    assert np.abs(out[known] - canvas[known] / 255).max() < 1e-6
+    assert np.abs(out[~known] - canvas[~known] / 255).mean() > 0.02
+    assert seen[0]["added_cond_kwargs"]["time_ids"].tolist() == [[size, size, 0, 0, size, size]] * 2
+
+
+@pytest.mark.parametrize("model", [[], ["model=sdxl_tiny"]], ids=["sd15", "sdxl"])
+def test_inpaint_script_outpaints_without_a_mask(tmp_path, model):
+    """``scripts/inpaint.py method=largen outpaint=LeftDown`` (no mask=): the canvas, the scaled image kept inside."""
+    scene().save(tmp_path / "scene.png")
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "scripts/inpaint.py"), *SDXL_TINY[:2], *model, f"image={tmp_path / 'scene.png'}",
+           "prompt=a field", "outpaint=LeftDown", "largen.outpaint_ratio=0.5", "largen.outpaint_height=48", "steps=2",
+           f"out={tmp_path / 'out.png'}", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    width = out.shape[1]
+    canvas, hole = outpaint_canvas(np.asarray(scene()), 48, width, 0.5, "LeftDown")
+    assert out.shape == (48, width, 3) and np.array_equal(out[~hole], canvas[~hole])
+    bad = subprocess.run([*cmd[:-1], "outpaint=Up", f"hydra.run.dir={tmp_path / 'h2'}"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: config key 'outpaint': 'Up': expected one of")
 
 
 def test_clip_reads_the_subject_square_at_its_own_resolution(pipe):
