@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are made, so mask-only tool
     import torch
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of the ImageNet-trained encoders (MAE, DINO)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @contextlib.contextmanager

@@ -15,13 +15,12 @@ import numpy as np
 import PIL.Image
 import torch
 
+from asuka.data.images import IMAGENET_MEAN, IMAGENET_STD
 from asuka.eval.clip_score import clip_preprocess, clip_weights_folder, cosine
 from asuka.models.largen.crop import mask_box
 from asuka.utils.weights import transformers_folder
 
 DINO_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dino_weights_folder(folder: str | os.PathLike | None) -> Path:

@@ -17,13 +17,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from asuka.data.images import IMAGENET_MEAN, IMAGENET_STD
 from asuka.models.mae_blocks import Block, PatchEmbed, sincos_pos_embed_2d
 from asuka.models.mae_preprocess import PREPROCESS, to_model_size
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MaskedAutoencoderViT(ModelMixin, ConfigMixin):

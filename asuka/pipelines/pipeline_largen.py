@@ -79,7 +79,8 @@ def refine_conditions(parts: Any, batch: int, pixel_size: Sequence[int]) -> dict
     SD-1.5, whose UNet takes no added conditions."""
     if getattr(parts, "text_encoder_2", None) is None:
         return None
-    return prompt_conditions(parts, [""] * batch, pixel_size)[1]
+    added = prompt_conditions(parts, [""], pixel_size)[1]  # one encoding, the same for every sample
+    return {key: value.expand(batch, *value.shape[1:]) for key, value in added.items()}
 
 
 def _mask_array(mask: ImageInput | None) -> np.ndarray | None:
