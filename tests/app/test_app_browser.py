@@ -39,28 +39,41 @@ def browser(tmp_path: Path):
 def test_paint_choose_two_methods_run_in_a_real_browser(app_server, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 120)
+    # Gradio re-renders components after an upload or a click: every step looks its element up afresh and is
+    # retried while the element it found has been replaced
+    wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(app_server.url)
     def editor():  # the editor re-renders after the upload: look it up afresh each time
         return browser.find_element(By.ID, "editor")
 
     wait.until(lambda d: editor().find_element(By.CSS_SELECTOR, "input[type=file]"))
-    editor().find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(REPO / "data/samples/scene_01.png"))
+    wait.until(lambda d: editor().find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(
+        str(REPO / "data/samples/scene_01.png")) or True)
     time.sleep(2)  # the upload replaces the example image on the canvas
     wait.until(lambda d: editor().find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").is_displayed())
-    editor().find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click()
-    canvas = max(editor().find_elements(By.CSS_SELECTOR, "canvas"), key=lambda c: c.size["width"])
-    ActionChains(browser).move_to_element_with_offset(canvas, -40, -20).click_and_hold().move_by_offset(40, 10) \
-        .move_by_offset(40, 10).release().perform()
-    for name, wanted in (("ASUKA (SD-1.5)", True), ("FLUX.1-Fill", True), ("SD-1.5 inpainting", False)):
-        # two methods: one SD, one FLUX (the page starts with ASUKA + SD)
+    wait.until(lambda d: editor().find_element(By.CSS_SELECTOR, "button[aria-label=Brush]").click() or True)
+
+    def paint() -> bool:
+        canvas = max(editor().find_elements(By.CSS_SELECTOR, "canvas"), key=lambda c: c.size["width"])
+        ActionChains(browser).move_to_element_with_offset(canvas, -40, -20).click_and_hold() \
+            .move_by_offset(40, 10).move_by_offset(40, 10).release().perform()
+        return True
+
+    wait.until(lambda d: paint())
+
+    def choose(name: str, wanted: bool) -> bool:
         box = next(label for label in browser.find_elements(By.CSS_SELECTOR, "#methods label")
                    if label.text.strip() == name).find_element(By.CSS_SELECTOR, "input")
         if box.is_selected() != wanted:
             box.click()
-    browser.find_element(By.ID, "run").click()
+        return True
+
+    for name, wanted in (("ASUKA (SD-1.5)", True), ("FLUX.1-Fill", True), ("SD-1.5 inpainting", False)):
+        wait.until(lambda d: choose(name, wanted))  # two methods: one SD, one FLUX (the page starts with ASUKA + SD)
+    wait.until(lambda d: d.find_element(By.ID, "run").click() or True)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 2
                or "Done" in d.find_element(By.ID, "status").text
                or d.find_elements(By.CSS_SELECTOR, ".toast-body"))
